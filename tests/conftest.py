@@ -1,0 +1,158 @@
+"""Fixtures: a fresh app per test on a real database, real users and sessions.
+
+Tests that take `app` or `client` run twice: on Postgres (a throwaway database
+made for this run and dropped after it) and on SQLite (a file per test).
+Postgres is found through TEST_POSTGRES_URL, by default the local server's
+`postgres` database, which is only used to create and drop the throwaway one.
+"""
+import os
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import create_engine, delete, select, text, update
+from sqlalchemy.engine import make_url
+
+from todo_api import create_app
+from todo_api.cli import create_user_session
+from todo_api.database import get_engine, normalize_url
+from todo_api.models import auth_tables, create_schema
+
+ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+SECRET = "test-secret-of-reasonable-length-0123456789"
+
+
+def base_config(database_url, **overrides):
+    return {
+        "TESTING": True,
+        "DATABASE_URL": database_url,
+        "BETTER_AUTH_SECRET": None,
+        "CORS_ORIGINS": ["http://localhost:3000"],
+        **overrides,
+    }
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway Postgres database with the schema, for the whole run."""
+    admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
+    name = f"todo_api_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:  # noqa: BLE001
+        pytest.exit(f"Postgres is needed for the test suite and is not reachable at {ADMIN_URL}: {error}", 2)
+    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    app = create_app(base_config(url))
+    create_schema(get_engine(app), app.config, with_auth_tables=True)
+    get_engine(app).dispose()
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def truncate_postgres(engine):
+    with engine.begin() as connection:
+        connection.execute(text('TRUNCATE task, "session", "user" RESTART IDENTITY CASCADE'))
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def database_url(backend, request, tmp_path):
+    if backend == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{tmp_path / 'todo.sqlite'}"
+
+
+@pytest.fixture
+def make_app(database_url, backend):
+    """Build apps on this test's database; every one is torn down after the test."""
+    apps = []
+
+    def build(**overrides):
+        app = create_app(base_config(database_url, **overrides))
+        if backend == "sqlite":
+            create_schema(get_engine(app), app.config, with_auth_tables=True)
+        apps.append(app)
+        return app
+
+    yield build
+    if apps and backend == "postgres":
+        truncate_postgres(get_engine(apps[0]))
+    for app in apps:
+        get_engine(app).dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def new_session(app):
+    """Create a real user (by email) and session; return the session token."""
+
+    def create(email="alice@example.com", lifetime=timedelta(days=7)):
+        with get_engine(app).begin() as connection:
+            return create_user_session(connection, app.config, email, lifetime)
+
+    return create
+
+
+@pytest.fixture
+def token(new_session):
+    return new_session("alice@example.com")
+
+
+@pytest.fixture
+def auth(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def other_auth(new_session):
+    return {"Authorization": f"Bearer {new_session('mallory@example.com')}"}
+
+
+def sessions_of(app):
+    return auth_tables(app.config).tables[app.config["SESSION_TABLE"]]
+
+
+def user_id_of(app, token):
+    sessions = sessions_of(app)
+    with get_engine(app).connect() as connection:
+        return connection.execute(select(sessions.c.userId).where(sessions.c.token == token)).scalar_one()
+
+
+def expire_session(app, token):
+    sessions = sessions_of(app)
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    with get_engine(app).begin() as connection:
+        connection.execute(update(sessions).where(sessions.c.token == token).values(expiresAt=past))
+
+
+def delete_session(app, token):
+    sessions = sessions_of(app)
+    with get_engine(app).begin() as connection:
+        connection.execute(delete(sessions).where(sessions.c.token == token))
+
+
+@pytest.fixture
+def create_task(client, auth):
+    def create(headers=None, **fields):
+        body = {"title": "A task", **fields}
+        response = client.post("/api/tasks", json=body, headers=headers or auth)
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()["data"]
+
+    return create

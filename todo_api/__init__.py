@@ -1,0 +1,42 @@
+"""todo-api: per-user tasks behind Better Auth sessions."""
+import logging
+
+from dotenv import load_dotenv
+from flask import Flask
+from flask_cors import CORS
+
+from . import cli, config, database, errors
+from .json_provider import OrjsonProvider
+from .models import session_lookup
+
+
+def create_app(test_config=None):
+    """Build the app. `test_config` replaces settings read from the environment."""
+    load_dotenv()
+    app = Flask(__name__, instance_relative_config=True)
+    app.json = OrjsonProvider(app)
+    app.config.from_mapping(config.from_environment())
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+
+    logging.basicConfig(level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    register_extensions(app)
+    register_blueprints(app)
+    errors.init_app(app)
+    cli.init_app(app)
+    return app
+
+
+def register_extensions(app):
+    database.init_app(app)
+    app.extensions["todo_api.session_lookup"] = session_lookup(app.config)
+    origins = app.config["CORS_ORIGINS"]
+    # Credentials are never allowed together with a wildcard origin.
+    CORS(app, origins=origins, supports_credentials="*" not in origins, max_age=600)
+
+
+def register_blueprints(app):
+    from . import health, tasks
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(tasks.bp)

@@ -1,0 +1,78 @@
+"""Command-line tools: `flask --app todo_api init-db` and `create-session`."""
+import secrets
+import string
+from datetime import datetime, timedelta, timezone
+
+import click
+from flask import current_app
+from sqlalchemy import insert, select
+
+from . import models
+from .database import get_engine
+
+TOKEN_ALPHABET = string.ascii_letters + string.digits
+
+
+def random_id(length=32):
+    """An id shaped like Better Auth's: 32 alphanumeric characters."""
+    return "".join(secrets.choice(TOKEN_ALPHABET) for _ in range(length))
+
+
+def create_user_session(connection, config, email, lifetime=timedelta(days=7)):
+    """Find or create the user with this email and give them a new session; return its token."""
+    tables = models.auth_tables(config)
+    users, sessions = tables.tables["user"], tables.tables[config["SESSION_TABLE"]]
+    now = datetime.now(timezone.utc)
+    user_id = connection.execute(select(users.c.id).where(users.c.email == email)).scalar()
+    if user_id is None:
+        user_id = random_id()
+        connection.execute(
+            insert(users).values(
+                id=user_id, name=email.split("@")[0], email=email, emailVerified=False, createdAt=now, updatedAt=now
+            )
+        )
+    token = random_id()
+    connection.execute(
+        insert(sessions).values(
+            {
+                "id": random_id(),
+                config["SESSION_TOKEN_COLUMN"]: token,
+                config["SESSION_USER_ID_COLUMN"]: user_id,
+                config["SESSION_EXPIRES_AT_COLUMN"]: now + lifetime,
+                "createdAt": now,
+                "updatedAt": now,
+            }
+        )
+    )
+    return token
+
+
+@click.command("init-db")
+@click.option(
+    "--auth-tables/--no-auth-tables",
+    default=None,
+    help="Also create Better Auth-compatible user and session tables when missing "
+    "(for development and tests; default: on for SQLite, off otherwise).",
+)
+def init_db_command(auth_tables):
+    """Create the task table and its indexes; existing tables and rows are kept."""
+    engine = get_engine()
+    if auth_tables is None:
+        auth_tables = engine.dialect.name == "sqlite"
+    models.create_schema(engine, current_app.config, with_auth_tables=auth_tables)
+    click.echo(f"Initialized the database ({engine.dialect.name}).")
+
+
+@click.command("create-session")
+@click.argument("email")
+@click.option("--days", default=7, show_default=True, type=click.IntRange(min=1), help="Session lifetime.")
+def create_session_command(email, days):
+    """Create a user with this EMAIL (if new) and a session for them; print its token."""
+    with get_engine().begin() as connection:
+        token = create_user_session(connection, current_app.config, email, timedelta(days=days))
+    click.echo(token)
+
+
+def init_app(app):
+    app.cli.add_command(init_db_command)
+    app.cli.add_command(create_session_command)

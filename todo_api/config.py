@@ -1,0 +1,65 @@
+"""Settings, read once from environment variables with safe defaults.
+
+Every variable is documented in the README's configuration table.
+"""
+import os
+
+DEFAULT_CORS_ORIGINS = "http://localhost:3000"
+
+
+def env_str(name, default=None):
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip()
+
+
+def env_int(name, default, minimum=0):
+    raw = env_str(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RuntimeError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise RuntimeError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_bool(name, default):
+    raw = env_str(name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise RuntimeError(f"{name} must be true or false, got {raw!r}")
+
+
+def env_list(name, default):
+    raw = env_str(name, default)
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def from_environment():
+    """The app's configuration as a dict of Flask config keys."""
+    return {
+        "DATABASE_URL": env_str("DATABASE_URL"),
+        "DATABASE_POOL_SIZE": env_int("DATABASE_POOL_SIZE", 5, minimum=1),
+        "DATABASE_MAX_OVERFLOW": env_int("DATABASE_MAX_OVERFLOW", 5),
+        "DATABASE_POOL_TIMEOUT": env_int("DATABASE_POOL_TIMEOUT", 5, minimum=1),
+        "DATABASE_CONNECT_TIMEOUT": env_int("DATABASE_CONNECT_TIMEOUT", 3, minimum=1),
+        "DATABASE_STATEMENT_TIMEOUT_MS": env_int("DATABASE_STATEMENT_TIMEOUT_MS", 5000),
+        "BETTER_AUTH_SECRET": env_str("BETTER_AUTH_SECRET"),
+        "BETTER_AUTH_COOKIE_PREFIX": env_str("BETTER_AUTH_COOKIE_PREFIX", "better-auth"),
+        "SESSION_TABLE": env_str("SESSION_TABLE", "session"),
+        "SESSION_TOKEN_COLUMN": env_str("SESSION_TOKEN_COLUMN", "token"),
+        "SESSION_USER_ID_COLUMN": env_str("SESSION_USER_ID_COLUMN", "userId"),
+        "SESSION_EXPIRES_AT_COLUMN": env_str("SESSION_EXPIRES_AT_COLUMN", "expiresAt"),
+        "CORS_ORIGINS": env_list("CORS_ORIGINS", DEFAULT_CORS_ORIGINS),
+        "LOG_LEVEL": env_str("LOG_LEVEL", "INFO").upper(),
+        "MAX_CONTENT_LENGTH": 1024 * 1024,
+    }

@@ -1,0 +1,51 @@
+"""Every error leaves this service as JSON with a human-readable `detail`."""
+import logging
+
+from marshmallow import ValidationError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = "5"
+
+
+def error_response(status, detail, headers=None, **extra):
+    return {"detail": detail, **extra}, status, headers or {}
+
+
+def handle_http_error(error):
+    headers = dict(error.get_headers())
+    headers.pop("Content-Type", None)
+    return error_response(error.code, error.description, headers)
+
+
+def handle_validation_error(error):
+    return error_response(422, "Validation failed", errors=error.normalized_messages())
+
+
+def database_unavailable(error):
+    # Logged without statement or parameters: they may hold a session token.
+    log.error("database unavailable: %s", type(getattr(error, "orig", None) or error).__name__)
+    return error_response(503, "Service temporarily unavailable", {"Retry-After": RETRY_AFTER_SECONDS})
+
+
+def handle_database_error(error):
+    if isinstance(error, OperationalError) or error.connection_invalidated:
+        return database_unavailable(error)
+    return handle_unexpected_error(error)
+
+
+def handle_unexpected_error(error):
+    log.error("unhandled error: %s", type(error).__name__, exc_info=not isinstance(error, DBAPIError))
+    return error_response(500, InternalServerError.description)
+
+
+def init_app(app):
+    app.register_error_handler(HTTPException, handle_http_error)
+    app.register_error_handler(ValidationError, handle_validation_error)
+    app.register_error_handler(DBAPIError, handle_database_error)
+    app.register_error_handler(DisconnectionError, database_unavailable)
+    app.register_error_handler(PoolTimeoutError, database_unavailable)
+    app.register_error_handler(Exception, handle_unexpected_error)

@@ -32,7 +32,7 @@ def not_blank(value):
 
 
 def text(max_length, min_length=0, **kwargs):
-    checks = [validate.Length(min=min_length, max=max_length), storable_text]
+    checks = [validate.Length(min=min_length or None, max=max_length), storable_text]
     if min_length:
         checks.append(not_blank)
     return fields.String(validate=checks, **kwargs)

@@ -6,6 +6,7 @@ Postgres is found through TEST_POSTGRES_URL, by default the local server's
 `postgres` database, which is only used to create and drop the throwaway one.
 """
 import os
+import shutil
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -62,11 +63,23 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory):
+    """A migrated SQLite file that each SQLite test starts from a copy of."""
+    path = tmp_path_factory.mktemp("template") / "todo.sqlite"
+    app = create_app(base_config(f"sqlite:///{path}"))
+    create_schema(get_engine(app), app.config, with_auth_tables=True)
+    get_engine(app).dispose()
+    return path
+
+
 @pytest.fixture
 def database_url(backend, request, tmp_path):
     if backend == "postgres":
         return request.getfixturevalue("postgres_url")
-    return f"sqlite:///{tmp_path / 'todo.sqlite'}"
+    path = tmp_path / "todo.sqlite"
+    shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture
@@ -76,8 +89,6 @@ def make_app(database_url, backend):
 
     def build(**overrides):
         app = create_app(base_config(database_url, **overrides))
-        if backend == "sqlite":
-            create_schema(get_engine(app), app.config, with_auth_tables=True)
         apps.append(app)
         return app
 

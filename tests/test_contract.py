@@ -8,6 +8,7 @@ from conftest import user_id_of
 TASK_KEYS = {
     "id", "user_id", "title", "description", "completed", "priority",
     "category", "tags", "created_at", "updated_at",
+    "due_date", "recurrence_pattern", "is_recurring", "remind_at", "reminder_sent",
 }
 
 
@@ -68,6 +69,8 @@ def test_create_returns_the_whole_task(app, client, auth, token):
     created = parse_time(task["created_at"])
     assert before - timedelta(seconds=1) <= created <= datetime.now(timezone.utc) + timedelta(seconds=1)
     assert task["updated_at"] == task["created_at"]
+    assert (task["due_date"], task["recurrence_pattern"], task["is_recurring"]) == (None, None, False)
+    assert (task["remind_at"], task["reminder_sent"]) == (None, False)
 
 
 def test_create_fills_defaults(client, auth):

@@ -7,7 +7,10 @@ from flask_cors import CORS
 
 from . import cli, config, database, errors
 from .json_provider import OrjsonProvider
+from .listing import Cursors
 from .models import session_lookup
+
+DEVELOPMENT_SECRET = "todo-api-development-secret"
 
 
 def create_app(test_config=None):
@@ -30,6 +33,9 @@ def create_app(test_config=None):
 def register_extensions(app):
     database.init_app(app)
     app.extensions["todo_api.session_lookup"] = session_lookup(app.config)
+    app.extensions["todo_api.cursors"] = Cursors(
+        app.config["SECRET_KEY"] or app.config["BETTER_AUTH_SECRET"] or DEVELOPMENT_SECRET
+    )
     origins = app.config["CORS_ORIGINS"]
     # Credentials are never allowed together with a wildcard origin.
     CORS(app, origins=origins, supports_credentials="*" not in origins, max_age=600)

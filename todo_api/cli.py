@@ -8,7 +8,7 @@ from flask import current_app
 from sqlalchemy import insert, select
 
 from . import models
-from .database import get_engine
+from .database import current_revision, downgrade, get_engine, upgrade
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 
@@ -55,12 +55,39 @@ def create_user_session(connection, config, email, lifetime=timedelta(days=7)):
     "(for development and tests; default: on for SQLite, off otherwise).",
 )
 def init_db_command(auth_tables):
-    """Create the task table and its indexes; existing tables and rows are kept."""
+    """Migrate the schema to the newest revision (`db upgrade`); existing rows are kept."""
     engine = get_engine()
     if auth_tables is None:
         auth_tables = engine.dialect.name == "sqlite"
     models.create_schema(engine, current_app.config, with_auth_tables=auth_tables)
     click.echo(f"Initialized the database ({engine.dialect.name}).")
+
+
+@click.group("db")
+def db_command():
+    """Schema migrations (Alembic)."""
+
+
+@db_command.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade_command(revision):
+    """Migrate the schema up to REVISION (default: the newest)."""
+    upgrade(get_engine(), revision)
+    click.echo(f"Database at revision {current_revision(get_engine())}.")
+
+
+@db_command.command("downgrade")
+@click.argument("revision")
+def db_downgrade_command(revision):
+    """Migrate the schema down to REVISION."""
+    downgrade(get_engine(), revision)
+    click.echo(f"Database at revision {current_revision(get_engine())}.")
+
+
+@db_command.command("current")
+def db_current_command():
+    """Print the schema's current revision."""
+    click.echo(current_revision(get_engine()) or "none")
 
 
 @click.command("create-session")
@@ -75,4 +102,5 @@ def create_session_command(email, days):
 
 def init_app(app):
     app.cli.add_command(init_db_command)
+    app.cli.add_command(db_command)
     app.cli.add_command(create_session_command)

@@ -53,6 +53,7 @@ def from_environment():
         "DATABASE_POOL_TIMEOUT": env_int("DATABASE_POOL_TIMEOUT", 5, minimum=1),
         "DATABASE_CONNECT_TIMEOUT": env_int("DATABASE_CONNECT_TIMEOUT", 3, minimum=1),
         "DATABASE_STATEMENT_TIMEOUT_MS": env_int("DATABASE_STATEMENT_TIMEOUT_MS", 5000),
+        "SECRET_KEY": env_str("SECRET_KEY"),
         "BETTER_AUTH_SECRET": env_str("BETTER_AUTH_SECRET"),
         "BETTER_AUTH_COOKIE_PREFIX": env_str("BETTER_AUTH_COOKIE_PREFIX", "better-auth"),
         "SESSION_TABLE": env_str("SESSION_TABLE", "session"),

@@ -7,10 +7,17 @@ statement (the toggle is one `UPDATE ... RETURNING`), so there is no BEGIN or
 COMMIT round trip to pay, and nothing half-done can be left behind.
 """
 import os
+from contextlib import contextmanager
 
+import psycopg2.extensions
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from flask import current_app, g
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
+
+MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 
 POSTGRES_SCHEMES = ("postgres", "postgresql")
 
@@ -42,10 +49,7 @@ def build_engine(config, instance_path):
 
 
 def _postgres_engine(url, config):
-    options = "-c timezone=UTC"
-    if config["DATABASE_STATEMENT_TIMEOUT_MS"]:
-        options += f" -c statement_timeout={config['DATABASE_STATEMENT_TIMEOUT_MS']}"
-    return create_engine(
+    engine = create_engine(
         url,
         isolation_level="AUTOCOMMIT",
         pool_size=config["DATABASE_POOL_SIZE"],
@@ -54,10 +58,19 @@ def _postgres_engine(url, config):
         pool_pre_ping=True,
         connect_args={
             "connect_timeout": config["DATABASE_CONNECT_TIMEOUT"],
-            "options": options,
+            "options": _postgres_options(config),
             "application_name": "todo-api",
         },
     )
+    event.listen(engine, "checkin", _rollback_open_transaction)
+    return engine
+
+
+def _postgres_options(config):
+    options = "-c timezone=UTC"
+    if config["DATABASE_STATEMENT_TIMEOUT_MS"]:
+        options += f" -c statement_timeout={config['DATABASE_STATEMENT_TIMEOUT_MS']}"
+    return options
 
 
 def _sqlite_engine(url):
@@ -77,6 +90,33 @@ def _sqlite_engine(url):
         cursor.close()
 
     return engine
+
+
+@contextmanager
+def transaction(connection):
+    """A real transaction on this service's autocommit connections.
+
+    Most requests are one statement and need none; the few that must change
+    several rows together (completing a recurring task) open one explicitly.
+    SQLite takes its write lock up front, so a read inside cannot go stale.
+    """
+    sqlite = connection.dialect.name == "sqlite"
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if sqlite else "BEGIN")
+    try:
+        yield connection
+    except BaseException:
+        connection.exec_driver_sql("ROLLBACK")
+        raise
+    connection.exec_driver_sql("COMMIT")
+
+
+def _rollback_open_transaction(dbapi_connection, _record):
+    """A connection goes back to the pool outside any transaction, whatever happened."""
+    if dbapi_connection is None or dbapi_connection.closed:
+        return
+    if dbapi_connection.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+        with dbapi_connection.cursor() as cursor:  # rollback() is a no-op in autocommit mode
+            cursor.execute("ROLLBACK")
 
 
 def get_engine(app=None):
@@ -104,3 +144,34 @@ def ping():
 def init_app(app):
     app.extensions["todo_api.engine"] = build_engine(app.config, app.instance_path)
     app.teardown_appcontext(close_db)
+
+
+def _migration_connection(engine):
+    """A connection with real transactions, so a failed migration leaves nothing half-done."""
+    connection = engine.connect()
+    return connection.execution_options(isolation_level=connection.dialect.default_isolation_level)
+
+
+def _alembic_config(connection):
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS)
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(engine, revision="head"):
+    """Bring the schema to `revision` with Alembic (a database the reference made is adopted)."""
+    with _migration_connection(engine) as connection:
+        command.upgrade(_alembic_config(connection), revision)
+        connection.commit()
+
+
+def downgrade(engine, revision):
+    with _migration_connection(engine) as connection:
+        command.downgrade(_alembic_config(connection), revision)
+        connection.commit()
+
+
+def current_revision(engine):
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()

@@ -2,7 +2,8 @@
 
 The `task` table keeps the reference backend's names and types (native enum
 `taskpriority`, a `json` tags column, naive timestamps holding UTC), so the
-service reads a database the reference created without migrating a row.
+service reads a database the reference created without migrating a row. Its
+schema is built by the migrations in `migrations/`; this module only queries.
 
 Every statement that touches a task filters by the caller's user id in SQL.
 Statements are built once at import; SQLAlchemy caches their compiled form.
@@ -16,7 +17,6 @@ from sqlalchemy import (
     DateTime,
     Enum,
     ForeignKey,
-    Index,
     Integer,
     MetaData,
     String,
@@ -30,7 +30,11 @@ from sqlalchemy import (
     select,
     update,
 )
+from dateutil.relativedelta import relativedelta
+from marshmallow import ValidationError
 from werkzeug.exceptions import NotFound
+
+from .database import transaction, upgrade
 
 PRIORITIES = ("low", "medium", "high")
 # SERIAL is a 4-byte integer; larger ids cannot exist, so they are not looked up.
@@ -51,9 +55,13 @@ task = Table(
     Column("tags", JSON, nullable=False),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
-    sqlite_autoincrement=True,
+    Column("due_date", DateTime),
+    Column("recurrence_pattern", String(10)),
+    Column("remind_at", DateTime),
+    Column("reminder_sent", Boolean, nullable=False),
 )
-task_indexes = [Index("ix_task_user_id_id", task.c.user_id, task.c.id)]
+RECURRENCE_PATTERNS = ("daily", "weekly", "monthly", "yearly")
+RECURRING_NEEDS_DUE_DATE = "A recurring task needs a due date."
 
 
 def utcnow():
@@ -134,14 +142,29 @@ def _owned(statement):
     return statement.where(task.c.id == bindparam("task_key"), task.c.user_id == bindparam("owner_id"))
 
 
-_LIST = select(task).where(task.c.user_id == bindparam("owner_id")).order_by(task.c.id.desc())
 _INSERT = insert(task).returning(*task.c)
 _SELECT = _owned(select(task))
-_TOGGLE = _owned(update(task)).values(completed=not_(task.c.completed), updated_at=bindparam("now")).returning(*task.c)
-_SET_COMPLETED = (
-    _owned(update(task)).values(completed=bindparam("new_completed"), updated_at=bindparam("now")).returning(*task.c)
+_SELECT_FOR_UPDATE = _SELECT.with_for_update()
+# Fast paths for tasks that do not recur: one statement, no transaction. A
+# recurring task (or a missing one) finds no row here and takes the slow path.
+_TOGGLE_PLAIN = (
+    _owned(update(task))
+    .where(task.c.recurrence_pattern.is_(None))
+    .values(completed=not_(task.c.completed), updated_at=bindparam("now"))
+    .returning(*task.c)
 )
+_SET_COMPLETED = _owned(update(task)).values(completed=bindparam("done"), updated_at=bindparam("now"))
+_SET_COMPLETED_PLAIN = _SET_COMPLETED.where(task.c.recurrence_pattern.is_(None)).returning(*task.c)
+_SET_COMPLETED = _SET_COMPLETED.returning(*task.c)
+_MARK_REMINDED = _owned(update(task)).values(reminder_sent=True).returning(*task.c)
 _DELETE = _owned(delete(task)).returning(task.c.id)
+
+RECURRENCE_STEPS = {
+    "daily": relativedelta(days=1),
+    "weekly": relativedelta(weeks=1),
+    "monthly": relativedelta(months=1),
+    "yearly": relativedelta(years=1),
+}
 
 
 def owned_task(db, statement, user_id, task_id, **params):
@@ -150,16 +173,16 @@ def owned_task(db, statement, user_id, task_id, **params):
     The statement itself filters by task id and user id; no row means the task
     does not exist for this caller, which is a 404 whatever the reason.
     """
-    if not 0 < task_id <= MAX_TASK_ID:
-        raise NoSuchTask()
-    row = db.execute(statement, {"task_key": task_id, "owner_id": user_id, **params}).first()
+    row = _run_owned(db, statement, user_id, task_id, **params)
     if row is None:
         raise NoSuchTask()
     return row
 
 
-def list_tasks(db, user_id):
-    return db.execute(_LIST, {"owner_id": user_id}).all()
+def _run_owned(db, statement, user_id, task_id, **params):
+    if not 0 < task_id <= MAX_TASK_ID:
+        return None
+    return db.execute(statement, {"task_key": task_id, "owner_id": user_id, **params}).first()
 
 
 def create_task(db, user_id, fields):
@@ -169,9 +192,13 @@ def create_task(db, user_id, fields):
         "priority": "medium",
         "category": None,
         "tags": [],
+        "due_date": None,
+        "recurrence_pattern": None,
+        "remind_at": None,
         **fields,
         "user_id": user_id,
         "completed": False,
+        "reminder_sent": False,
         "created_at": now,
         "updated_at": now,
     }
@@ -182,29 +209,92 @@ def get_task(db, user_id, task_id):
     return owned_task(db, _SELECT, user_id, task_id)
 
 
-def update_task(db, user_id, task_id, changes):
-    statement = _owned(update(task)).values(**changes, updated_at=utcnow()).returning(*task.c)
-    return owned_task(db, statement, user_id, task_id)
-
-
-def toggle_task(db, user_id, task_id):
-    return owned_task(db, _TOGGLE, user_id, task_id, now=utcnow())
-
-
-def set_task_completed(db, user_id, task_id, completed):
-    return owned_task(db, _SET_COMPLETED, user_id, task_id, new_completed=completed, now=utcnow())
-
-
 def delete_task(db, user_id, task_id):
     owned_task(db, _DELETE, user_id, task_id)
 
 
+def mark_reminder_sent(db, user_id, task_id):
+    return owned_task(db, _MARK_REMINDED, user_id, task_id)
+
+
+def toggle_task(db, user_id, task_id):
+    """Flip `completed`; returns (task, next occurrence or None)."""
+    row = _run_owned(db, _TOGGLE_PLAIN, user_id, task_id, now=utcnow())
+    if row is not None:
+        return row, None
+    return change_task(db, user_id, task_id, lambda current: {"completed": not current.completed})
+
+
+def set_task_completed(db, user_id, task_id, completed):
+    """Set `completed`, so a retried request cannot flip it back; returns (task, next occurrence or None)."""
+    statement = _SET_COMPLETED_PLAIN if completed else _SET_COMPLETED
+    row = _run_owned(db, statement, user_id, task_id, done=completed, now=utcnow())
+    if row is not None:
+        return row, None
+    return change_task(db, user_id, task_id, lambda current: {"completed": completed})
+
+
+def update_task(db, user_id, task_id, changes):
+    """Apply a partial update; returns (task, next occurrence or None)."""
+    return change_task(db, user_id, task_id, lambda current: changes)
+
+
+def change_task(db, user_id, task_id, changes_for):
+    """Change a task in one transaction, seeing its current state first.
+
+    Checks rules that span fields (a recurring task needs a due date), clears
+    `reminder_sent` when the reminder time moves, and when a recurring task
+    becomes completed, creates its next occurrence in the same transaction.
+    """
+    with transaction(db):
+        current = owned_task(db, _SELECT_FOR_UPDATE, user_id, task_id)
+        changes = changes_for(current)
+        after = {**current._mapping, **changes}
+        if after["recurrence_pattern"] and after["due_date"] is None:
+            raise ValidationError({"due_date": [RECURRING_NEEDS_DUE_DATE]})
+        if "remind_at" in changes and changes["remind_at"] != current.remind_at:
+            changes["reminder_sent"] = False
+        if not changes:
+            return current, None
+        statement = _owned(update(task)).values(**changes, updated_at=utcnow()).returning(*task.c)
+        row = owned_task(db, statement, user_id, task_id)
+        next_task = None
+        if row.completed and not current.completed and row.recurrence_pattern:
+            next_task = db.execute(_INSERT, next_occurrence(row)).one()
+    return row, next_task
+
+
+def next_occurrence(row):
+    """The values of a recurring task's next occurrence.
+
+    The due date moves by calendar rules (31 January + 1 month is 28 or 29
+    February; 29 February + 1 year is 28 February); a reminder keeps its
+    distance from the due date.
+    """
+    step = RECURRENCE_STEPS[row.recurrence_pattern]
+    due_date = row.due_date + step
+    now = utcnow()
+    return {
+        "user_id": row.user_id,
+        "title": row.title,
+        "description": row.description,
+        "completed": False,
+        "priority": row.priority,
+        "category": row.category,
+        "tags": row.tags,
+        "due_date": due_date,
+        "recurrence_pattern": row.recurrence_pattern,
+        "remind_at": None if row.remind_at is None else row.remind_at + (due_date - row.due_date),
+        "reminder_sent": False,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 def create_schema(engine, config, with_auth_tables):
-    """Create the task table and its indexes; and, for development and tests,
-    Better Auth-compatible user and session tables. Existing tables are kept."""
-    with engine.begin() as connection:
-        metadata.create_all(connection)
-        for index in task_indexes:
-            index.create(connection, checkfirst=True)
-        if with_auth_tables:
+    """Migrate the task table to the newest revision; and, for development and
+    tests, create Better Auth-compatible user and session tables. Rows are kept."""
+    upgrade(engine)
+    if with_auth_tables:
+        with engine.begin() as connection:
             auth_tables(config).create_all(connection)

@@ -5,9 +5,9 @@ and never accept `id`, `user_id`, `created_at` or `updated_at`.
 """
 from datetime import timezone
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from .models import PRIORITIES
+from .models import PRIORITIES, RECURRENCE_PATTERNS, RECURRING_NEEDS_DUE_DATE
 
 TITLE_MAX = 255
 DESCRIPTION_MAX = 10_000
@@ -47,6 +47,37 @@ class StrictBoolean(fields.Boolean):
         raise self.make_error("invalid")
 
 
+class UtcInput(fields.AwareDateTime):
+    """An ISO-8601 datetime with an offset (a naive one is refused), stored as naive UTC."""
+
+    MIN_YEAR, MAX_YEAR = 1900, 9998  # room to advance a recurring task by a year
+
+    def __init__(self, **kwargs):
+        super().__init__(format="iso", **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        aware = super()._deserialize(value, attr, data, **kwargs)
+        if not self.MIN_YEAR <= aware.year <= self.MAX_YEAR:
+            raise ValidationError(f"Must be between the years {self.MIN_YEAR} and {self.MAX_YEAR}.")
+        return aware.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+class CommaList(fields.List):
+    """A query-string list: `?priority=low,high`."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        return super()._deserialize([item.strip() for item in value.split(",")], attr, data, **kwargs)
+
+
+class QueryBoolean(fields.Boolean):
+    """`true` or `false` in a query string, nothing vaguer."""
+
+    truthy = {"true"}
+    falsy = {"false"}
+
+
 class UtcDateTime(fields.DateTime):
     """Stored timestamps are naive UTC; show them with an explicit offset."""
 
@@ -65,12 +96,20 @@ def _task_fields():
         "priority": fields.String(validate=validate.OneOf(PRIORITIES)),
         "category": text(CATEGORY_MAX, allow_none=True),
         "tags": fields.List(text(TAG_MAX, min_length=1), validate=validate.Length(max=TAGS_MAX)),
+        "due_date": UtcInput(allow_none=True),
+        "recurrence_pattern": fields.String(allow_none=True, validate=validate.OneOf(RECURRENCE_PATTERNS)),
+        "remind_at": UtcInput(allow_none=True),
     }
 
 
 class TaskCreateSchema(Schema.from_dict(_task_fields())):
     class Meta:
         unknown = EXCLUDE
+
+    @validates_schema
+    def recurring_needs_due_date(self, data, **kwargs):
+        if data.get("recurrence_pattern") and data.get("due_date") is None:
+            raise ValidationError(RECURRING_NEEDS_DUE_DATE, "due_date")
 
 
 class TaskUpdateSchema(Schema.from_dict({**_task_fields(), "completed": StrictBoolean()})):
@@ -98,6 +137,38 @@ class TaskSchema(Schema):
     tags = fields.List(fields.String())
     created_at = UtcDateTime()
     updated_at = UtcDateTime()
+    due_date = UtcDateTime(allow_none=True)
+    recurrence_pattern = fields.String(allow_none=True)
+    is_recurring = fields.Function(lambda row: row.recurrence_pattern is not None)
+    remind_at = UtcDateTime(allow_none=True)
+    reminder_sent = fields.Boolean()
+
+
+class ListQuerySchema(Schema):
+    """The query string of `GET /api/tasks`; every parameter is optional."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    status = fields.String(validate=validate.OneOf(("all", "pending", "completed")))
+    priority = CommaList(fields.String(validate=validate.OneOf(PRIORITIES)), validate=validate.Length(min=1))
+    category = text(CATEGORY_MAX)
+    tags = CommaList(text(TAG_MAX, min_length=1), validate=validate.Length(min=1, max=TAGS_MAX))
+    q = text(200)
+    due_before = UtcInput()
+    due_after = UtcInput()
+    overdue = QueryBoolean()
+    reminder_due = QueryBoolean()
+    sort_by = fields.String(validate=validate.OneOf(("created_at", "updated_at", "due_date", "priority", "title")))
+    sort_order = fields.String(validate=validate.OneOf(("asc", "desc")))
+    limit = fields.Integer(strict=False, validate=validate.Range(min=1, max=200))
+    cursor = fields.String(validate=validate.Length(max=1000))
+
+
+class SearchQuerySchema(ListQuerySchema):
+    """`GET /api/tasks/search?keyword=...`: the list's parameters, with a required keyword."""
+
+    q = text(200, min_length=1, required=True, data_key="keyword")
 
 
 task_create_schema = TaskCreateSchema()
@@ -105,3 +176,5 @@ task_update_schema = TaskUpdateSchema(partial=True)
 completion_schema = CompletionSchema()
 task_schema = TaskSchema()
 tasks_schema = TaskSchema(many=True)
+list_query_schema = ListQuerySchema()
+search_query_schema = SearchQuerySchema()

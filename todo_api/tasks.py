@@ -1,10 +1,18 @@
 """The tasks API: each view parses with a schema, does one thing, serializes."""
-from flask import Blueprint, g, request
+from flask import Blueprint, current_app, g, request
 
-from . import models
+from . import listing, models
 from .auth import authenticate
 from .database import get_db
-from .schemas import completion_schema, task_create_schema, task_schema, task_update_schema, tasks_schema
+from .schemas import (
+    completion_schema,
+    list_query_schema,
+    search_query_schema,
+    task_create_schema,
+    task_schema,
+    task_update_schema,
+    tasks_schema,
+)
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
 
@@ -24,9 +32,31 @@ def has_body():
     return bool(request.content_length) or request.headers.get("Transfer-Encoding") == "chunked"
 
 
+def page(query):
+    rows, next_cursor = listing.list_tasks(get_db(), g.user_id, query, current_app.extensions["todo_api.cursors"])
+    body = {"data": tasks_schema.dump(rows)}
+    if next_cursor:
+        body["next_cursor"] = next_cursor
+    return body
+
+
+def changed(row, next_task):
+    """A changed task; a recurring task that was completed also shows its next occurrence."""
+    body = {"data": task_schema.dump(row)}
+    if next_task is not None:
+        body["next_task"] = task_schema.dump(next_task)
+    return body
+
+
 @bp.get("/tasks")
+@bp.get("/tasks/filter-sort")
 def list_tasks():
-    return {"data": tasks_schema.dump(models.list_tasks(get_db(), g.user_id))}
+    return page(list_query_schema.load(request.args))
+
+
+@bp.get("/tasks/search")
+def search_tasks():
+    return page(search_query_schema.load(request.args))
 
 
 @bp.post("/tasks")
@@ -43,11 +73,7 @@ def get_task(task_id):
 @bp.put("/tasks/<int(signed=True):task_id>")
 def update_task(task_id):
     changes = json_body(task_update_schema)
-    if not changes:
-        row = models.get_task(get_db(), g.user_id, task_id)
-    else:
-        row = models.update_task(get_db(), g.user_id, task_id, changes)
-    return {"data": task_schema.dump(row)}
+    return changed(*models.update_task(get_db(), g.user_id, task_id, changes))
 
 
 @bp.delete("/tasks/<int(signed=True):task_id>")
@@ -61,7 +87,10 @@ def complete_task(task_id):
     """No body toggles; `{"completed": bool}` sets, so a retry cannot flip it back."""
     if has_body():
         completed = json_body(completion_schema)["completed"]
-        row = models.set_task_completed(get_db(), g.user_id, task_id, completed)
-    else:
-        row = models.toggle_task(get_db(), g.user_id, task_id)
-    return {"data": task_schema.dump(row)}
+        return changed(*models.set_task_completed(get_db(), g.user_id, task_id, completed))
+    return changed(*models.toggle_task(get_db(), g.user_id, task_id))
+
+
+@bp.patch("/tasks/<int(signed=True):task_id>/mark-reminder-sent")
+def mark_reminder_sent(task_id):
+    return {"data": task_schema.dump(models.mark_reminder_sent(get_db(), g.user_id, task_id))}

@@ -1,0 +1,138 @@
+"""Finding tasks: filters, sorts and keyset pagination for `GET /api/tasks`.
+
+Every list query is a range scan of the caller's rows on an index that
+matches its sort (see migration 0002), so a page costs the same at any list
+size. Pages are cut with a cursor (the last row's sort value and id), never
+OFFSET. Every value a user sends is a bound parameter; `q` is matched
+literally (LIKE wildcards are escaped).
+"""
+from datetime import datetime
+
+from itsdangerous import BadSignature, URLSafeSerializer
+from marshmallow import ValidationError
+from sqlalchemy import and_, exists, func, literal, literal_column, or_, select, tuple_
+from sqlalchemy.dialects.postgresql import JSONB
+
+from .models import task, utcnow
+
+CEILING = 1000  # rows per response when the client sets no limit
+PRIORITY_RANK = literal_column("(CASE task.priority WHEN 'low' THEN 0 WHEN 'medium' THEN 1 WHEN 'high' THEN 2 END)")
+SORT_KEYS = {
+    "created_at": task.c.created_at,
+    "updated_at": task.c.updated_at,
+    "due_date": task.c.due_date,
+    "priority": PRIORITY_RANK,
+    "title": task.c.title,
+}
+DATETIME_KEYS = {"created_at", "updated_at", "due_date"}
+
+
+def escape_like(value):
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def filters(query, dialect):
+    """SQL conditions for the filters in a validated list query."""
+    conditions = []
+    status = query.get("status", "all")
+    if status != "all":
+        conditions.append(task.c.completed.is_(status == "completed"))
+    if query.get("priority"):
+        conditions.append(task.c.priority.in_(query["priority"]))
+    if query.get("category") is not None:
+        conditions.append(task.c.category == query["category"])
+    if query.get("tags"):
+        conditions.append(has_tags(query["tags"], dialect))
+    if query.get("q"):
+        pattern = f"%{escape_like(query['q'])}%"
+        conditions.append(
+            or_(task.c.title.ilike(pattern, escape="\\"), task.c.description.ilike(pattern, escape="\\"))
+        )
+    if query.get("due_before") is not None:
+        conditions.append(task.c.due_date < query["due_before"])
+    if query.get("due_after") is not None:
+        conditions.append(task.c.due_date > query["due_after"])
+    now = utcnow()
+    if query.get("overdue") is not None:
+        overdue = and_(task.c.due_date < now, task.c.completed.is_(False))
+        conditions.append(overdue if query["overdue"] else ~overdue | task.c.due_date.is_(None))
+    if query.get("reminder_due") is not None:
+        due = and_(task.c.remind_at <= now, task.c.reminder_sent.is_(False))
+        conditions.append(due if query["reminder_due"] else ~due | task.c.remind_at.is_(None))
+    return conditions
+
+
+def has_tags(tags, dialect):
+    """Tasks that carry every one of `tags`."""
+    if dialect == "postgresql":
+        return task.c.tags.cast(JSONB).op("@>")(literal(tags, JSONB))
+    each_tag = func.json_each(task.c.tags).table_valued("value")
+    return and_(*(exists().where(each_tag.c.value == tag) for tag in tags))
+
+
+def order_by(sort_by, descending):
+    key = SORT_KEYS[sort_by]
+    key_order = key.desc() if descending else key.asc()
+    if sort_by == "due_date":  # tasks without a due date sort last either way
+        key_order = key_order.nulls_last()
+    return [key_order, task.c.id.desc() if descending else task.c.id.asc()]
+
+
+def after(sort_by, descending, value, last_id):
+    """Rows strictly after (value, last_id) in the sort order."""
+    key = SORT_KEYS[sort_by]
+    if descending:
+        beyond = tuple_(key, task.c.id) < tuple_(value, last_id)
+    else:
+        beyond = tuple_(key, task.c.id) > tuple_(value, last_id)
+    if sort_by != "due_date":
+        return beyond
+    if value is None:  # already among the tasks without a due date
+        return and_(key.is_(None), task.c.id < last_id if descending else task.c.id > last_id)
+    return or_(beyond, key.is_(None))
+
+
+class Cursors:
+    """Opaque, signed page cursors: an edited cursor is refused, not followed."""
+
+    def __init__(self, secret):
+        self.serializer = URLSafeSerializer(secret, salt="todo-api.task-cursor")
+
+    def dump(self, sort_by, descending, row):
+        value = row.priority if sort_by == "priority" else row._mapping[sort_by]
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        return self.serializer.dumps([sort_by, descending, value, row.id])
+
+    def load(self, cursor, sort_by, descending):
+        try:
+            cursor_sort, cursor_descending, value, last_id = self.serializer.loads(cursor)
+        except (BadSignature, ValueError, TypeError):
+            raise ValidationError({"cursor": ["Not a valid cursor."]}) from None
+        if (cursor_sort, cursor_descending) != (sort_by, descending):
+            raise ValidationError({"cursor": ["The cursor belongs to another sort order."]})
+        if value is not None and sort_by in DATETIME_KEYS:
+            value = datetime.fromisoformat(value)
+        if sort_by == "priority" and value is not None:
+            value = ("low", "medium", "high").index(value)
+        return value, last_id
+
+
+def list_tasks(db, user_id, query, cursors):
+    """One page of the caller's tasks and the cursor of the next page (or None)."""
+    sort_by = query.get("sort_by", "created_at")
+    descending = query.get("sort_order", "desc") == "desc"
+    limit = query.get("limit") or CEILING
+    statement = (
+        select(task)
+        .where(task.c.user_id == user_id, *filters(query, db.dialect.name))
+        .order_by(*order_by(sort_by, descending))
+        .limit(limit + 1)
+    )
+    if query.get("cursor"):
+        statement = statement.where(after(sort_by, descending, *cursors.load(query["cursor"], sort_by, descending)))
+    rows = db.execute(statement).all()
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, cursors.dump(sort_by, descending, rows[-1])

@@ -118,20 +118,28 @@ class Cursors:
         return value, last_id
 
 
-def list_tasks(db, user_id, query, cursors):
-    """One page of the caller's tasks and the cursor of the next page (or None)."""
-    sort_by = query.get("sort_by", "created_at")
-    descending = query.get("sort_order", "desc") == "desc"
-    limit = query.get("limit") or CEILING
+def list_statement(user_id, query, dialect, cursors):
+    """The SELECT for one page (one row more than asked, to tell whether more follow)."""
+    sort_by, descending, limit = sort_of(query)
     statement = (
         select(task)
-        .where(task.c.user_id == user_id, *filters(query, db.dialect.name))
+        .where(task.c.user_id == user_id, *filters(query, dialect))
         .order_by(*order_by(sort_by, descending))
         .limit(limit + 1)
     )
     if query.get("cursor"):
         statement = statement.where(after(sort_by, descending, *cursors.load(query["cursor"], sort_by, descending)))
-    rows = db.execute(statement).all()
+    return statement
+
+
+def sort_of(query):
+    return query.get("sort_by", "created_at"), query.get("sort_order", "desc") == "desc", query.get("limit") or CEILING
+
+
+def list_tasks(db, user_id, query, cursors):
+    """One page of the caller's tasks and the cursor of the next page (or None)."""
+    rows = db.execute(list_statement(user_id, query, db.dialect.name, cursors)).all()
+    sort_by, descending, limit = sort_of(query)
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import click
 from flask import current_app
+from flask.cli import AppGroup
 from sqlalchemy import insert, select
 
 from . import models
@@ -63,9 +64,7 @@ def init_db_command(auth_tables):
     click.echo(f"Initialized the database ({engine.dialect.name}).")
 
 
-@click.group("db")
-def db_command():
-    """Schema migrations (Alembic)."""
+db_command = AppGroup("db", help="Schema migrations (Alembic).")
 
 
 @db_command.command("upgrade")

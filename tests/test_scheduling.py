@@ -1,4 +1,6 @@
 """Due dates, recurring tasks and reminders."""
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -161,3 +163,23 @@ def test_recurring_toggle_from_another_user_creates_nothing(client, auth, other_
     task = create_task(recurrence_pattern="daily", due_date="2026-05-01T08:00:00Z")
     assert client.patch(f"/api/tasks/{task['id']}/complete", headers=other_auth).status_code == 404
     assert client.get("/api/tasks", headers=auth).get_json() == {"data": [task]}
+
+
+def test_concurrent_completions_create_one_next_occurrence(app, auth, create_task):
+    task = create_task(recurrence_pattern="daily", due_date="2026-05-01T08:00:00Z")
+    barrier = threading.Barrier(10)
+
+    def complete(_):
+        client = app.test_client()
+        barrier.wait()
+        response = client.patch(f"/api/tasks/{task['id']}/complete", headers=auth, json={"completed": True})
+        return response.status_code, "next_task" in response.get_json()
+
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(complete, range(10)))
+    assert sorted(results) == [(200, False)] * 9 + [(200, True)]
+    listed = app.test_client().get("/api/tasks", headers=auth).get_json()["data"]
+    assert [(t["due_date"], t["completed"]) for t in listed] == [
+        ("2026-05-02T08:00:00+00:00", False),
+        ("2026-05-01T08:00:00+00:00", True),
+    ]

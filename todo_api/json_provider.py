@@ -1,8 +1,12 @@
-"""Flask's JSON provider on orjson: several times faster, and strict on input."""
+"""Flask's JSON provider on orjson: several times faster, and strict on input.
+
+Naive datetimes are written as UTC with an explicit offset: every timestamp
+this service stores is naive UTC (the reference's column type).
+"""
 import orjson
 from flask.json.provider import JSONProvider
 
-OPTIONS = orjson.OPT_NON_STR_KEYS
+OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC
 
 
 class OrjsonProvider(JSONProvider):

@@ -144,6 +144,19 @@ class TaskSchema(Schema):
     reminder_sent = fields.Boolean()
 
 
+def task_output(row):
+    """What `TaskSchema().dump(row)` gives, without marshmallow's per-field dispatch.
+
+    Listing is the hot path, and dumping through marshmallow cost more than the
+    whole database round trip. The row's values are already the output types;
+    its naive UTC timestamps are written with an offset by the JSON provider.
+    The tests check that both give the same JSON for every kind of task.
+    """
+    output = dict(row._mapping)
+    output["is_recurring"] = output["recurrence_pattern"] is not None
+    return output
+
+
 class ListQuerySchema(Schema):
     """The query string of `GET /api/tasks`; every parameter is optional."""
 

@@ -9,9 +9,8 @@ from .schemas import (
     list_query_schema,
     search_query_schema,
     task_create_schema,
-    task_schema,
+    task_output,
     task_update_schema,
-    tasks_schema,
 )
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
@@ -34,7 +33,7 @@ def has_body():
 
 def page(query):
     rows, next_cursor = listing.list_tasks(get_db(), g.user_id, query, current_app.extensions["todo_api.cursors"])
-    body = {"data": tasks_schema.dump(rows)}
+    body = {"data": [task_output(row) for row in rows]}
     if next_cursor:
         body["next_cursor"] = next_cursor
     return body
@@ -42,9 +41,9 @@ def page(query):
 
 def changed(row, next_task):
     """A changed task; a recurring task that was completed also shows its next occurrence."""
-    body = {"data": task_schema.dump(row)}
+    body = {"data": task_output(row)}
     if next_task is not None:
-        body["next_task"] = task_schema.dump(next_task)
+        body["next_task"] = task_output(next_task)
     return body
 
 
@@ -62,12 +61,12 @@ def search_tasks():
 @bp.post("/tasks")
 def create_task():
     fields = json_body(task_create_schema)
-    return {"data": task_schema.dump(models.create_task(get_db(), g.user_id, fields))}
+    return {"data": task_output(models.create_task(get_db(), g.user_id, fields))}
 
 
 @bp.get("/tasks/<int(signed=True):task_id>")
 def get_task(task_id):
-    return {"data": task_schema.dump(models.get_task(get_db(), g.user_id, task_id))}
+    return {"data": task_output(models.get_task(get_db(), g.user_id, task_id))}
 
 
 @bp.put("/tasks/<int(signed=True):task_id>")
@@ -93,4 +92,4 @@ def complete_task(task_id):
 
 @bp.patch("/tasks/<int(signed=True):task_id>/mark-reminder-sent")
 def mark_reminder_sent(task_id):
-    return {"data": task_schema.dump(models.mark_reminder_sent(get_db(), g.user_id, task_id))}
+    return {"data": task_output(models.mark_reminder_sent(get_db(), g.user_id, task_id))}

@@ -2,9 +2,10 @@
 
 `q` is a case-insensitive substring match (ILIKE '%word%'). A btree index
 cannot serve a leading wildcard; pg_trgm's GIN indexes can, for any
-substring of three characters or more. On SQLite the search is a LIKE over
-the caller's rows. Where the pg_trgm extension cannot be created (no
-privilege), the search still works, unindexed.
+substring of three characters or more. With btree_gin the index leads with
+user_id, so it finds only the caller's matches, not every user's. On SQLite
+the search is a LIKE over the caller's rows. Where the extensions cannot be
+created (no privilege), the search still works, unindexed.
 
 Revision ID: 0003
 Revises: 0002
@@ -29,11 +30,12 @@ def upgrade():
     try:
         with bind.begin_nested():
             bind.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
+            bind.execute(sa.text("CREATE EXTENSION IF NOT EXISTS btree_gin"))
     except sa.exc.DBAPIError:
-        log.warning("pg_trgm is not available: keyword search will not be indexed")
+        log.warning("pg_trgm or btree_gin is not available: keyword search will not be indexed")
         return
-    op.execute("CREATE INDEX ix_task_title_trgm ON task USING gin (title gin_trgm_ops)")
-    op.execute("CREATE INDEX ix_task_description_trgm ON task USING gin (description gin_trgm_ops)")
+    op.execute("CREATE INDEX ix_task_title_trgm ON task USING gin (user_id, title gin_trgm_ops)")
+    op.execute("CREATE INDEX ix_task_description_trgm ON task USING gin (user_id, description gin_trgm_ops)")
 
 
 def downgrade():

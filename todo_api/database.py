@@ -9,6 +9,7 @@ COMMIT round trip to pay, and nothing half-done can be left behind.
 import os
 from contextlib import contextmanager
 
+import orjson
 import psycopg2.extensions
 from alembic import command
 from alembic.config import Config
@@ -52,6 +53,8 @@ def _postgres_engine(url, config):
     engine = create_engine(
         url,
         isolation_level="AUTOCOMMIT",
+        json_serializer=json_dumps,
+        json_deserializer=orjson.loads,
         pool_size=config["DATABASE_POOL_SIZE"],
         max_overflow=config["DATABASE_MAX_OVERFLOW"],
         pool_timeout=config["DATABASE_POOL_TIMEOUT"],
@@ -79,6 +82,8 @@ def _sqlite_engine(url):
     engine = create_engine(
         url,
         isolation_level="AUTOCOMMIT",
+        json_serializer=json_dumps,
+        json_deserializer=orjson.loads,
         connect_args={"timeout": 15, "check_same_thread": False},
     )
 
@@ -117,6 +122,10 @@ def _rollback_open_transaction(dbapi_connection, _record):
     if dbapi_connection.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
         with dbapi_connection.cursor() as cursor:  # rollback() is a no-op in autocommit mode
             cursor.execute("ROLLBACK")
+
+
+def json_dumps(value):
+    return orjson.dumps(value).decode()
 
 
 def get_engine(app=None):

@@ -23,7 +23,7 @@ from urllib.parse import unquote
 from flask import current_app, g, request
 from werkzeug.exceptions import Unauthorized, UnsupportedMediaType
 
-from .database import get_db
+from .database import first_query
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def authenticate():
     if not token:
         log.info("rejected request: missing or malformed credential")
         raise NotAuthenticated()
-    user_id = get_db().execute(current_app.extensions["todo_api.session_lookup"], {"token": token}).scalar()
+    user_id = first_query(current_app.extensions["todo_api.session_lookup"], {"token": token}).scalar()
     if user_id is None:
         log.info("rejected request: unknown or expired session")
         raise NotAuthenticated()

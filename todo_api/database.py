@@ -17,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from flask import current_app, g
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 
@@ -58,7 +59,7 @@ def _postgres_engine(url, config):
         pool_size=config["DATABASE_POOL_SIZE"],
         max_overflow=config["DATABASE_MAX_OVERFLOW"],
         pool_timeout=config["DATABASE_POOL_TIMEOUT"],
-        pool_pre_ping=True,
+        pool_pre_ping=config["DATABASE_POOL_PRE_PING"],
         connect_args={
             "connect_timeout": config["DATABASE_CONNECT_TIMEOUT"],
             "options": _postgres_options(config),
@@ -137,6 +138,23 @@ def get_db():
     if "db" not in g:
         g.db = get_engine().connect()
     return g.db
+
+
+def first_query(statement, params):
+    """Run a request's first, read-only statement; retry it once on a fresh
+    connection if the pooled one turns out to be dead (the database restarted).
+
+    This gives what `pool_pre_ping` gives, without a ping's round trip on every
+    request: a dropped connection is found by the query itself, and SQLAlchemy
+    then discards the pool's other connections from before the drop.
+    """
+    try:
+        return get_db().execute(statement, params)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        close_db()
+        return get_db().execute(statement, params)
 
 
 def close_db(_exc=None):

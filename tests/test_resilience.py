@@ -1,0 +1,57 @@
+"""The service rides out database restarts and outages without a restart of its own."""
+import pytest
+from sqlalchemy import create_engine, text
+
+from conftest import ADMIN_URL
+from todo_api.database import normalize_url
+
+pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+
+
+@pytest.fixture
+def backend(request):
+    return request.param
+
+
+def terminate_service_connections(database):
+    admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        killed = connection.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'todo-api' AND datname = :database"
+            ),
+            {"database": database},
+        ).scalar()
+    admin.dispose()
+    return killed
+
+
+def test_requests_succeed_right_after_the_database_drops_every_connection(app, client, auth, create_task):
+    task = create_task()
+    assert client.get("/api/tasks", headers=auth).status_code == 200
+    assert terminate_service_connections(app.extensions["todo_api.engine"].url.database) >= 1
+    response = client.get("/api/tasks", headers=auth)
+    assert response.status_code == 200
+    assert response.get_json() == {"data": [task]}
+    assert client.patch(f"/api/tasks/{task['id']}/complete", headers=auth).status_code == 200
+
+
+def test_a_statement_past_the_timeout_is_503_not_a_stuck_worker(make_app, auth, token):
+    app = make_app(DATABASE_STATEMENT_TIMEOUT_MS=100)
+    engine = app.extensions["todo_api.engine"]
+    with engine.connect() as connection:
+        connection.execute(text("CREATE OR REPLACE FUNCTION slow_session_check() RETURNS trigger AS "
+                                "$$ BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$ LANGUAGE plpgsql"))
+        connection.execute(text("CREATE TRIGGER slow_insert BEFORE INSERT ON task "
+                                "FOR EACH ROW EXECUTE FUNCTION slow_session_check()"))
+    try:
+        response = app.test_client().post("/api/tasks", headers=auth, json={"title": "slow"})
+        assert response.status_code == 503
+        assert response.get_json() == {"detail": "Service temporarily unavailable"}
+        assert response.headers["Retry-After"] == "5"
+        assert app.test_client().get("/api/tasks", headers=auth).get_json() == {"data": []}
+    finally:
+        with engine.connect() as connection:
+            connection.execute(text("DROP TRIGGER slow_insert ON task"))
+            connection.execute(text("DROP FUNCTION slow_session_check()"))

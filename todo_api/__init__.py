@@ -1,7 +1,7 @@
 """todo-api: per-user tasks behind Better Auth sessions."""
 import logging
 
-from dotenv import load_dotenv
+from dotenv import find_dotenv, load_dotenv
 from flask import Flask
 from flask_cors import CORS
 
@@ -15,7 +15,7 @@ DEVELOPMENT_SECRET = "todo-api-development-secret"
 
 def create_app(test_config=None):
     """Build the app. `test_config` replaces settings read from the environment."""
-    load_dotenv()
+    load_dotenv(find_dotenv(usecwd=True))
     app = Flask(__name__, instance_relative_config=True)
     app.json = OrjsonProvider(app)
     app.config.from_mapping(config.from_environment())

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import click
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import insert, select
 
 from . import models
@@ -49,6 +49,7 @@ def create_user_session(connection, config, email, lifetime=timedelta(days=7)):
 
 
 @click.command("init-db")
+@with_appcontext
 @click.option(
     "--auth-tables/--no-auth-tables",
     default=None,
@@ -90,6 +91,7 @@ def db_current_command():
 
 
 @click.command("create-session")
+@with_appcontext
 @click.argument("email")
 @click.option("--days", default=7, show_default=True, type=click.IntRange(min=1), help="Session lifetime.")
 def create_session_command(email, days):

@@ -1,9 +1,10 @@
-# One command to run the service on SQLite, one to run the whole test suite.
+# One command to run the service on SQLite, one to run the whole test suite,
+# one to benchmark the service under gunicorn on Postgres.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test install clean
+.PHONY: run test bench install clean
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ run: install
 
 test: install
 	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

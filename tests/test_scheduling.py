@@ -87,6 +87,30 @@ def test_completing_by_put_creates_the_next_occurrence(client, auth, create_task
     assert (body["next_task"]["title"], body["next_task"]["due_date"]) == ("Rent", "2026-02-28T12:00:00+00:00")
 
 
+def test_renaming_a_recurring_task_creates_nothing(client, auth, create_task):
+    task = create_task(recurrence_pattern="weekly", due_date="2026-05-01T08:00:00Z")
+    body = client.put(f"/api/tasks/{task['id']}", headers=auth, json={"title": "Renamed"}).get_json()
+    assert (body["data"]["title"], body["data"]["completed"], body["data"]["is_recurring"]) == ("Renamed", False, True)
+    assert "next_task" not in body
+    assert len(client.get("/api/tasks", headers=auth).get_json()["data"]) == 1
+
+
+def test_completing_a_completed_recurring_task_by_put_creates_nothing(client, auth, create_task):
+    task = create_task(recurrence_pattern="daily", due_date="2026-05-01T08:00:00Z")
+    first = client.put(f"/api/tasks/{task['id']}", headers=auth, json={"completed": True}).get_json()
+    again = client.put(f"/api/tasks/{task['id']}", headers=auth, json={"completed": True}).get_json()
+    assert first["next_task"]["due_date"] == "2026-05-02T08:00:00+00:00"
+    assert (again["data"]["completed"], "next_task" in again) == (True, False)
+    assert len(client.get("/api/tasks", headers=auth).get_json()["data"]) == 2
+
+
+def test_completing_a_plain_task_by_put(client, auth, create_task):
+    task = create_task(title="Plain")
+    body = client.put(f"/api/tasks/{task['id']}", headers=auth, json={"completed": True, "tags": ["x"]}).get_json()
+    assert (body["data"]["completed"], body["data"]["tags"], "next_task" in body) == (True, ["x"], False)
+    assert body["data"]["updated_at"] > task["updated_at"]
+
+
 def test_uncompleting_creates_nothing(client, auth, create_task):
     task = create_task(recurrence_pattern="daily", due_date="2026-05-01T08:00:00Z")
     client.patch(f"/api/tasks/{task['id']}/complete", headers=auth, json={"completed": True})

@@ -8,6 +8,7 @@ schema is built by the migrations in `migrations/`; this module only queries.
 Every statement that touches a task filters by the caller's user id in SQL.
 Statements are built once at import; SQLAlchemy caches their compiled form.
 """
+import functools
 from datetime import datetime, timezone
 
 from sqlalchemy import (
@@ -234,9 +235,29 @@ def set_task_completed(db, user_id, task_id, completed):
     return change_task(db, user_id, task_id, lambda current: {"completed": completed})
 
 
+# Fields whose change needs no look at the stored task when it does not recur.
+PLAIN_FIELDS = frozenset({"title", "description", "priority", "category", "tags", "completed"})
+
+
 def update_task(db, user_id, task_id, changes):
     """Apply a partial update; returns (task, next occurrence or None)."""
+    if changes and changes.keys() <= PLAIN_FIELDS:
+        statement = _plain_update(frozenset(changes))
+        row = _run_owned(db, statement, user_id, task_id, now=utcnow(), **changes)
+        if row is not None:
+            return row, None
     return change_task(db, user_id, task_id, lambda current: changes)
+
+
+@functools.lru_cache(maxsize=None)
+def _plain_update(fields):
+    """One statement per set of changed fields, built once."""
+    return (
+        _owned(update(task))
+        .where(task.c.recurrence_pattern.is_(None))
+        .values({**{name: bindparam(name, type_=task.c[name].type) for name in fields}, "updated_at": bindparam("now")})
+        .returning(*task.c)
+    )
 
 
 def change_task(db, user_id, task_id, changes_for):

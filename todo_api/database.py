@@ -164,6 +164,21 @@ def close_db(_exc=None):
 
 
 def ping():
+    """Check that the database answers.
+
+    A connection the pool kept from before a database restart fails the first
+    time it is used; like `first_query`, try once more on a fresh one, so a
+    readiness probe does not report an outage that is over.
+    """
+    try:
+        _select_one()
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        _select_one()
+
+
+def _select_one():
     with get_engine().connect() as connection:
         connection.execute(text("SELECT 1"))
 

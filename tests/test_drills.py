@@ -67,7 +67,8 @@ def sql(cluster):
 
     def run(statement, **params):
         with engine.connect() as connection:
-            return connection.execute(text(statement), params).all()
+            result = connection.execute(text(statement), params)
+            return result.all() if result.returns_rows else None
 
     yield run
     engine.dispose()
@@ -248,3 +249,219 @@ def test_first_requests_after_a_restart_while_idle_succeed(cluster, session_on, 
     results = call_all_at_once(app, [("GET", "/api/tasks", None)] * 5, token)
     assert [response.status_code for _, response, _ in results] == [200] * 5
     get_engine(app).dispose()
+
+
+# -- Drills under gunicorn ---------------------------------------------------
+
+
+class Service:
+    """The service under gunicorn, started as the Procfile starts it, output captured."""
+
+    def __init__(self, database_url, log_path):
+        self.port = free_port()
+        self.log_path = log_path
+        env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "DATABASE_URL": database_url,
+            "WEB_CONCURRENCY": "2",
+            "GUNICORN_THREADS": "4",
+            "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT),
+            "GUNICORN_ACCESS_LOG": "true",
+            "LOG_LEVEL": "INFO",
+        }
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [GUNICORN, "--config", "gunicorn.conf.py", "wsgi:app"],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self._wait_until_ready()
+
+    def _wait_until_ready(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"gunicorn exited:\n{self.output()}"
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                connection.request("GET", "/health/ready")
+                if connection.getresponse().status == 200:
+                    connection.close()
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"gunicorn not ready within {timeout} s:\n{self.output()}")
+
+    def output(self):
+        with open(self.log_path, errors="replace") as log:
+            return log.read()
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=GRACEFUL_TIMEOUT + 5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+class WriteLoad:
+    """Client threads creating tasks with unique titles, each on its own kept-alive connection.
+
+    Every attempt is recorded as (thread, title, outcome, task id): the HTTP
+    status, "refused" when no connection could be opened (nothing was sent),
+    or "dropped" when the connection failed after the request went out.
+    """
+
+    def __init__(self, port, tokens, threads, prefix):
+        self.port, self.tokens, self.prefix = port, tokens, prefix
+        self.outcomes = []
+        self.finished = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(index,)) for index in range(threads)]
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc):
+        self.finished.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    def _run(self, index):
+        headers = {"Authorization": f"Bearer {self.tokens[index % len(self.tokens)]}",
+                   "Content-Type": "application/json"}
+        connection = None
+        while not self.finished.is_set():
+            title = unique_title(self.prefix)
+            if connection is None:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                try:
+                    connection.connect()
+                except ConnectionRefusedError:
+                    self.outcomes.append((index, title, "refused", None))
+                    connection = None
+                    time.sleep(0.05)
+                    continue
+            try:
+                connection.request("POST", "/api/tasks", body=json.dumps({"title": title}), headers=headers)
+                response = connection.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException):
+                self.outcomes.append((index, title, "dropped", None))
+                connection.close()
+                connection = None
+                continue
+            task_id = json.loads(body)["data"]["id"] if response.status == 200 else None
+            self.outcomes.append((index, title, response.status, task_id))
+            if response.will_close:
+                connection.close()
+                connection = None
+        if connection is not None:
+            connection.close()
+
+    def counts(self):
+        return Counter(outcome for _, _, outcome, _ in self.outcomes)
+
+    def titles(self, outcome=None):
+        return [title for _, title, seen, _ in self.outcomes if outcome is None or seen == outcome]
+
+    def assert_every_200_stored(self, sql):
+        stored = stored_titles(sql, self.prefix)
+        answered = {title: task_id for _, title, outcome, task_id in self.outcomes if outcome == 200}
+        assert answered, "no create succeeded"
+        assert {title: stored.get(title) for title in answered} == answered
+        return stored
+
+
+def test_postgres_restarts_under_a_write_load_through_gunicorn(cluster, session_on, sql, tmp_path):
+    tokens = [session_on() for _ in range(3)]
+    service = Service(cluster.url, tmp_path / "gunicorn.log")
+    restarts = {}
+    try:
+        with WriteLoad(service.port, tokens, threads=6, prefix="restart-") as load:
+            for mode in ("fast", "immediate"):
+                time.sleep(1.0)
+                started = time.monotonic()
+                cluster.restart(mode)
+                restarts[mode] = time.monotonic() - started
+            time.sleep(1.0)
+    finally:
+        service.stop()
+    counts = load.counts()
+    stored = load.assert_every_200_stored(sql)
+    stored_after_503 = [title for title in load.titles(503) if title in stored]
+    print(f"\n[drill: Postgres restarted under load] answers {dict(counts)}; "
+          f"restart fast {restarts['fast']:.2f} s, immediate {restarts['immediate']:.2f} s; "
+          f"503s whose task was stored anyway: {len(stored_after_503)}")
+    assert set(counts) - {200, 503} == set()
+    last_answers = {index: outcome for index, _, outcome, _ in load.outcomes}
+    assert last_answers == {index: 200 for index in range(6)}  # recovered with no restart of the service
+    assert_no_secrets(service.output(), tokens, load.titles())
+
+
+SLOW_INSERT_TRIGGER = """
+CREATE OR REPLACE FUNCTION drill_slow_insert() RETURNS trigger AS $$
+BEGIN
+    IF NEW.title LIKE 'slow-%' THEN PERFORM pg_sleep(1.5); END IF;
+    RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE OR REPLACE TRIGGER drill_slow_insert BEFORE INSERT ON task
+    FOR EACH ROW EXECUTE FUNCTION drill_slow_insert();
+"""
+
+
+def post_task(port, token, title):
+    """One create on a connection of its own: (status, task id)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("POST", "/api/tasks", body=json.dumps({"title": title}),
+                           headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        response = connection.getresponse()
+        body = json.loads(response.read())
+        return response.status, body["data"]["id"] if response.status == 200 else None
+    finally:
+        connection.close()
+
+
+def wait_for_sleeping_inserts(sql, count, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")[0][0] == count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{count} slow inserts never got under way")
+
+
+def test_sigterm_during_a_load_finishes_what_was_sent(cluster, session_on, sql, tmp_path):
+    tokens = [session_on() for _ in range(3)]
+    sql(SLOW_INSERT_TRIGGER)
+    service = Service(cluster.url, tmp_path / "gunicorn.log")
+    slow_titles = [unique_title("slow") for _ in range(2)]
+    try:
+        with WriteLoad(service.port, tokens, threads=4, prefix="sigterm-") as load, \
+                ThreadPoolExecutor(max_workers=2) as pool:
+            time.sleep(0.5)
+            slow = [pool.submit(post_task, service.port, tokens[0], title) for title in slow_titles]
+            wait_for_sleeping_inserts(sql, 2)
+            started = time.monotonic()
+            service.process.send_signal(signal.SIGTERM)
+            exit_code = service.process.wait(timeout=GRACEFUL_TIMEOUT + 5)
+            shutdown = time.monotonic() - started
+            slow_answers = [future.result() for future in slow]
+            time.sleep(0.2)  # the load meets the closed port
+    finally:
+        service.stop()
+        sql("DROP TRIGGER drill_slow_insert ON task; DROP FUNCTION drill_slow_insert()")
+    counts = load.counts()
+    print(f"\n[drill: SIGTERM under load] answers {dict(counts)}; in-flight slow creates {slow_answers}; "
+          f"master exited with {exit_code} after {shutdown:.2f} s (graceful timeout {GRACEFUL_TIMEOUT} s)")
+    assert exit_code == 0
+    assert shutdown < GRACEFUL_TIMEOUT
+    stored = stored_titles(sql, "slow-")
+    assert slow_answers == [(200, stored[title]) for title in slow_titles]
+    load.assert_every_200_stored(sql)
+    assert set(counts) - {200, "refused"} == set()  # nothing dropped after it was sent, no 5xx
+    assert_no_secrets(service.output(), tokens, load.titles() + slow_titles)

@@ -22,7 +22,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from werkzeug.exceptions import InternalServerError
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 
 from conftest import base_config
 from private_postgres import PrivateCluster, free_port, missing_requirement
@@ -233,8 +235,9 @@ def test_database_not_answering_is_503_within_the_connect_timeout(cluster, sessi
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
-def test_first_requests_after_a_restart_while_idle_succeed(cluster, session_on, mode):
+def test_first_requests_after_a_restart_while_idle_succeed(cluster, session_on, mode, caplog):
     """The pool still holds connections from before the restart: none of them may cost a request."""
+    caplog.set_level(logging.INFO)
     token = session_on()
     app = create_app(base_config(cluster.url))
     client = app.test_client()
@@ -248,7 +251,42 @@ def test_first_requests_after_a_restart_while_idle_succeed(cluster, session_on, 
     assert client.get(f"/api/tasks/{task_id}", headers=headers).status_code == 200
     results = call_all_at_once(app, [("GET", "/api/tasks", None)] * 5, token)
     assert [response.status_code for _, response, _ in results] == [200] * 5
+    assert_no_secrets(caplog.text, [token], [])
     get_engine(app).dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"], indirect=True)
+def test_sqlalchemy_errors_do_not_list_the_parameters_sent(app, token):
+    """Defence in depth: errors.py logs only an error's type, never its text.
+
+    The text could not be made clean anyway: psycopg2 puts the values into the
+    statement before sending it, so Postgres's own message may quote them.
+    """
+    with pytest.raises(DBAPIError) as raised:
+        with get_engine(app).connect() as connection:
+            connection.execute(text("SELECT id FROM no_such_table WHERE token = :token"), {"token": token})
+    message = str(raised.value)
+    assert "[SQL parameters hidden due to hide_parameters=True]" in message
+    assert "[parameters:" not in message
+
+
+def test_an_unexpected_database_error_is_a_500_whose_log_holds_no_value_sent(cluster, session_on, sql, caplog):
+    caplog.set_level(logging.INFO)
+    token = session_on()
+    sql("CREATE OR REPLACE FUNCTION drill_refuse() RETURNS trigger AS "
+        "$$ BEGIN RAISE EXCEPTION 'refused: %', NEW.title; END $$ LANGUAGE plpgsql; "
+        "CREATE OR REPLACE TRIGGER drill_refuse BEFORE INSERT ON task FOR EACH ROW EXECUTE FUNCTION drill_refuse()")
+    title = unique_title("refused")
+    try:
+        app = create_app(base_config(cluster.url))
+        response = app.test_client().post("/api/tasks", headers={"Authorization": f"Bearer {token}"},
+                                          json={"title": title})
+        get_engine(app).dispose()
+    finally:
+        sql("DROP TRIGGER drill_refuse ON task; DROP FUNCTION drill_refuse()")
+    assert (response.status_code, response.get_json()) == (500, {"detail": InternalServerError.description})
+    assert "unhandled error: InternalError" in caplog.text
+    assert_no_secrets(caplog.text, [token], [title])
 
 
 # -- Drills under gunicorn ---------------------------------------------------

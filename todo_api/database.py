@@ -56,6 +56,7 @@ def _postgres_engine(url, config):
         isolation_level="AUTOCOMMIT",
         json_serializer=json_dumps,
         json_deserializer=orjson.loads,
+        hide_parameters=True,  # an error's text never carries a token or a user's data into a log
         pool_size=config["DATABASE_POOL_SIZE"],
         max_overflow=config["DATABASE_MAX_OVERFLOW"],
         pool_timeout=config["DATABASE_POOL_TIMEOUT"],
@@ -85,6 +86,7 @@ def _sqlite_engine(url):
         isolation_level="AUTOCOMMIT",
         json_serializer=json_dumps,
         json_deserializer=orjson.loads,
+        hide_parameters=True,
         connect_args={"timeout": 15, "check_same_thread": False},
     )
 

@@ -3,7 +3,8 @@ import os
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
+# gthread, but a stopping worker serves the connections already waiting instead of resetting them.
+worker_class = "gunicorn_worker.DrainingThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 # Under the platform router's 30 s, so a stuck request is ended by us, with a log line.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "25"))

@@ -56,6 +56,7 @@ def _postgres_engine(url, config):
         isolation_level="AUTOCOMMIT",
         json_serializer=json_dumps,
         json_deserializer=orjson.loads,
+        hide_parameters=True,  # an error's text never carries a token or a user's data into a log
         pool_size=config["DATABASE_POOL_SIZE"],
         max_overflow=config["DATABASE_MAX_OVERFLOW"],
         pool_timeout=config["DATABASE_POOL_TIMEOUT"],
@@ -85,6 +86,7 @@ def _sqlite_engine(url):
         isolation_level="AUTOCOMMIT",
         json_serializer=json_dumps,
         json_deserializer=orjson.loads,
+        hide_parameters=True,
         connect_args={"timeout": 15, "check_same_thread": False},
     )
 
@@ -164,6 +166,21 @@ def close_db(_exc=None):
 
 
 def ping():
+    """Check that the database answers.
+
+    A connection the pool kept from before a database restart fails the first
+    time it is used; like `first_query`, try once more on a fresh one, so a
+    readiness probe does not report an outage that is over.
+    """
+    try:
+        _select_one()
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        _select_one()
+
+
+def _select_one():
     with get_engine().connect() as connection:
         connection.execute(text("SELECT 1"))
 

@@ -18,3 +18,5 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # No Authorization header or cookie in the access log format: only the request line.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# No runtime control socket: its default path is one per user, shared by every gunicorn on the machine.
+control_socket_disable = True

@@ -57,9 +57,18 @@ class UtcInput(fields.AwareDateTime):
 
     def _deserialize(self, value, attr, data, **kwargs):
         aware = super()._deserialize(value, attr, data, **kwargs)
+        # Checked before converting (9999-12-31T23:00-05:00 has no UTC form) and after
+        # (9998-12-31T23:00-05:00 is already 9999 in UTC, with no room left to recur).
         if not self.MIN_YEAR <= aware.year <= self.MAX_YEAR:
-            raise ValidationError(f"Must be between the years {self.MIN_YEAR} and {self.MAX_YEAR}.")
-        return aware.astimezone(timezone.utc).replace(tzinfo=None)
+            raise ValidationError(self.out_of_range)
+        utc = aware.astimezone(timezone.utc).replace(tzinfo=None)
+        if not self.MIN_YEAR <= utc.year <= self.MAX_YEAR:
+            raise ValidationError(self.out_of_range)
+        return utc
+
+    @property
+    def out_of_range(self):
+        return f"Must be between the years {self.MIN_YEAR} and {self.MAX_YEAR} (in UTC)."
 
 
 class CommaList(fields.List):

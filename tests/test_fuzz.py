@@ -35,9 +35,10 @@ EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", 80))  # fuzzing pha
 MINIMUM_CASES = 1000
 FUZZ_EMAIL = "fuzz@example.com"
 
-# Tasks of every shape for the generated requests to act on: the ids they
-# name are mapped onto these, so updates, completions and reminders reach
-# real rows (recurring ones included) instead of nearly always answering 404.
+# Tasks of every shape for the generated requests to act on: the ids that
+# valid requests name are mapped onto the fuzzing user's tasks, so updates,
+# completions and deletions reach real rows (recurring ones included) instead
+# of nearly always answering 404; invalid requests keep their generated ids.
 SEED_TASKS = [
     {"title": "plain"},
     {"title": "full", "description": "d", "priority": "high", "category": "c", "tags": ["a", "b"],
@@ -76,11 +77,17 @@ def fuzz_app(postgres_url):
     get_engine(app).dispose()
 
 
-def owned_task_ids(app):
+def target_task(app, method, generated_id):
+    """One of the fuzzing user's tasks, picked by the generated id; a DELETE gets a task of its own,
+    so the seeded tasks last the whole run."""
+    if method == "DELETE":
+        response = app.test_client().post("/api/tasks", headers=app.extensions["fuzz"]["headers"], json={"title": "x"})
+        return response.get_json()["data"]["id"]
     with get_engine(app).connect() as connection:
-        return connection.execute(
+        owned = connection.execute(
             select(task.c.id).where(task.c.user_id == app.extensions["fuzz"]["user_id"]).order_by(task.c.id)
         ).scalars().all()
+    return owned[generated_id % len(owned)]
 
 
 @schema.parametrize()
@@ -93,9 +100,8 @@ def owned_task_ids(app):
 )
 def test_api(case, fuzz_app):
     task_id = (case.path_parameters or {}).get("task_id")
-    if isinstance(task_id, int) and case.meta.generation.mode.is_positive and case.method != "DELETE":
-        owned = owned_task_ids(fuzz_app)
-        case.path_parameters["task_id"] = owned[task_id % len(owned)]
+    if isinstance(task_id, int) and case.meta.generation.mode.is_positive:
+        case.path_parameters["task_id"] = target_task(fuzz_app, case.method, task_id)
     response = case.call_and_validate(app=fuzz_app, headers=fuzz_app.extensions["fuzz"]["headers"], checks=CHECKS)
     cases_run[case.operation.label] += 1
     statuses_seen[case.operation.label][response.status_code] += 1

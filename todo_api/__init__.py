@@ -42,7 +42,8 @@ def register_extensions(app):
 
 
 def register_blueprints(app):
-    from . import health, tasks
+    from . import health, openapi, tasks
 
     app.register_blueprint(health.bp)
     app.register_blueprint(tasks.bp)
+    app.register_blueprint(openapi.bp)

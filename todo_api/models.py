@@ -281,7 +281,9 @@ def change_task(db, user_id, task_id, changes_for):
         row = owned_task(db, statement, user_id, task_id)
         next_task = None
         if row.completed and not current.completed and row.recurrence_pattern:
-            next_task = db.execute(_INSERT, next_occurrence(row)).one()
+            upcoming = next_occurrence(row)
+            if upcoming is not None:
+                next_task = db.execute(_INSERT, upcoming).one()
     return row, next_task
 
 
@@ -290,10 +292,15 @@ def next_occurrence(row):
 
     The due date moves by calendar rules (31 January + 1 month is 28 or 29
     February; 29 February + 1 year is 28 February); a reminder keeps its
-    distance from the due date.
+    distance from the due date. None when it would fall past the calendar's
+    end (the year 9999): the series ends there.
     """
     step = RECURRENCE_STEPS[row.recurrence_pattern]
-    due_date = row.due_date + step
+    try:
+        due_date = row.due_date + step
+        remind_at = None if row.remind_at is None else row.remind_at + (due_date - row.due_date)
+    except (ValueError, OverflowError):  # year 10000
+        return None
     now = utcnow()
     return {
         "user_id": row.user_id,
@@ -305,7 +312,7 @@ def next_occurrence(row):
         "tags": row.tags,
         "due_date": due_date,
         "recurrence_pattern": row.recurrence_pattern,
-        "remind_at": None if row.remind_at is None else row.remind_at + (due_date - row.due_date),
+        "remind_at": remind_at,
         "reminder_sent": False,
         "created_at": now,
         "updated_at": now,

@@ -53,13 +53,23 @@ class UtcInput(fields.AwareDateTime):
     MIN_YEAR, MAX_YEAR = 1900, 9998  # room to advance a recurring task by a year
 
     def __init__(self, **kwargs):
+        kwargs.setdefault("metadata", {"description": "ISO-8601 with an offset; years 1900 to 9998 in UTC."})
         super().__init__(format="iso", **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         aware = super()._deserialize(value, attr, data, **kwargs)
+        # Checked before converting (9999-12-31T23:00-05:00 has no UTC form) and after
+        # (9998-12-31T23:00-05:00 is already 9999 in UTC, with no room left to recur).
         if not self.MIN_YEAR <= aware.year <= self.MAX_YEAR:
-            raise ValidationError(f"Must be between the years {self.MIN_YEAR} and {self.MAX_YEAR}.")
-        return aware.astimezone(timezone.utc).replace(tzinfo=None)
+            raise ValidationError(self.out_of_range)
+        utc = aware.astimezone(timezone.utc).replace(tzinfo=None)
+        if not self.MIN_YEAR <= utc.year <= self.MAX_YEAR:
+            raise ValidationError(self.out_of_range)
+        return utc
+
+    @property
+    def out_of_range(self):
+        return f"Must be between the years {self.MIN_YEAR} and {self.MAX_YEAR} (in UTC)."
 
 
 class CommaList(fields.List):
@@ -127,21 +137,24 @@ class CompletionSchema(Schema):
 
 
 class TaskSchema(Schema):
-    id = fields.Integer()
-    user_id = fields.String()
-    title = fields.String()
-    description = fields.String(allow_none=True)
-    completed = fields.Boolean()
-    priority = fields.String()
-    category = fields.String(allow_none=True)
-    tags = fields.List(fields.String())
-    created_at = UtcDateTime()
-    updated_at = UtcDateTime()
-    due_date = UtcDateTime(allow_none=True)
-    recurrence_pattern = fields.String(allow_none=True)
-    is_recurring = fields.Function(lambda row: row.recurrence_pattern is not None)
-    remind_at = UtcDateTime(allow_none=True)
-    reminder_sent = fields.Boolean()
+    """A task as every response shows it; every field is always present."""
+
+    id = fields.Integer(required=True)
+    user_id = fields.String(required=True)
+    title = fields.String(required=True)
+    description = fields.String(required=True, allow_none=True)
+    completed = fields.Boolean(required=True)
+    priority = fields.String(required=True, validate=validate.OneOf(PRIORITIES))
+    category = fields.String(required=True, allow_none=True)
+    tags = fields.List(fields.String(), required=True)
+    created_at = UtcDateTime(required=True)
+    updated_at = UtcDateTime(required=True)
+    due_date = UtcDateTime(required=True, allow_none=True)
+    recurrence_pattern = fields.String(required=True, allow_none=True, validate=validate.OneOf(RECURRENCE_PATTERNS))
+    is_recurring = fields.Function(lambda row: row.recurrence_pattern is not None, required=True,
+                                   metadata={"type": "boolean"})
+    remind_at = UtcDateTime(required=True, allow_none=True)
+    reminder_sent = fields.Boolean(required=True)
 
 
 def task_output(row):
@@ -191,3 +204,54 @@ task_schema = TaskSchema()
 tasks_schema = TaskSchema(many=True)
 list_query_schema = ListQuerySchema()
 search_query_schema = SearchQuerySchema()
+
+
+# -- Response shapes ----------------------------------------------------------
+# The routes build these bodies directly (see `task_output`); these schemas
+# describe them for the OpenAPI document.
+
+VALIDATION_MESSAGES = {
+    "oneOf": [
+        {"type": "array", "items": {"type": "string"}},
+        {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+    ],
+}
+
+
+class ErrorSchema(Schema):
+    """Every error: a human-readable `detail`; a 422 adds `errors`, field by field
+    (a list's field by item index: `{"tags": {"1": ["..."]}}`)."""
+
+    detail = fields.String(required=True)
+    errors = fields.Dict(keys=fields.String(), values=fields.Raw(metadata=VALIDATION_MESSAGES))
+
+
+class TaskEnvelopeSchema(Schema):
+    data = fields.Nested(TaskSchema, required=True)
+
+
+class ChangedTaskEnvelopeSchema(TaskEnvelopeSchema):
+    """A changed task; completing a recurring task adds its next occurrence."""
+
+    next_task = fields.Nested(TaskSchema)
+
+
+class TaskListEnvelopeSchema(Schema):
+    data = fields.List(fields.Nested(TaskSchema), required=True)
+    next_cursor = fields.String(metadata={"description": "Present when more tasks follow: pass it as `cursor`."})
+
+
+class DeletedSchema(Schema):
+    ok = fields.Boolean(required=True, metadata={"enum": [True]})
+
+
+class DeletedEnvelopeSchema(Schema):
+    data = fields.Nested(DeletedSchema, required=True)
+
+
+class MessageSchema(Schema):
+    message = fields.String(required=True)
+
+
+class StatusSchema(Schema):
+    status = fields.String(required=True)

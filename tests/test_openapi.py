@@ -1,0 +1,197 @@
+"""The OpenAPI document describes exactly the routes the app serves; the docs page works offline."""
+import re
+
+import pytest
+
+from todo_api.openapi import AUTOMATIC_METHODS, DOCS_ENDPOINTS, SWAGGER_UI_DIR, openapi_path
+
+pytestmark = pytest.mark.parametrize("backend", ["sqlite"])  # nothing here depends on the database
+
+SINGLE_TASK = "/api/tasks/{task_id}"
+
+
+@pytest.fixture
+def document(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    return response.get_json()
+
+
+def registered_routes(app):
+    """{path: methods} for every route the app registers, in OpenAPI's path syntax."""
+    routes = {}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static" or rule.endpoint in DOCS_ENDPOINTS:
+            continue
+        routes.setdefault(openapi_path(rule), set()).update(method.lower() for method in rule.methods)
+    return {path: methods - {method.lower() for method in AUTOMATIC_METHODS} for path, methods in routes.items()}
+
+
+def documented_routes(document):
+    return {path: set(operations) - {"parameters", "summary", "description"}
+            for path, operations in document["paths"].items()}
+
+
+def operations(document):
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            yield path, method, operation
+
+
+def test_every_route_is_documented_and_every_documented_route_exists(app, document):
+    assert documented_routes(document) == registered_routes(app)
+
+
+def test_routes_include_every_public_operation(document):
+    assert documented_routes(document) == {
+        "/": {"get"},
+        "/health": {"get"},
+        "/health/ready": {"get"},
+        "/openapi.json": {"get"},
+        "/docs": {"get"},
+        "/api/tasks": {"get", "post"},
+        "/api/tasks/filter-sort": {"get"},
+        "/api/tasks/search": {"get"},
+        SINGLE_TASK: {"get", "put", "delete"},
+        SINGLE_TASK + "/complete": {"patch"},
+        SINGLE_TASK + "/mark-reminder-sent": {"patch"},
+    }
+
+
+def test_document_is_openapi_3_1_without_a_session(client, document):
+    assert document["openapi"] == "3.1.0"
+    assert document["info"]["title"] == "todo-api"
+    assert document["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer",
+        "description": document["components"]["securitySchemes"]["bearerAuth"]["description"],
+    }
+
+
+def test_document_is_built_once(app, client):
+    first = client.get("/openapi.json").data
+    built = app.extensions["todo_api.openapi"]
+    assert client.get("/openapi.json").data == first
+    assert app.extensions["todo_api.openapi"] is built
+
+
+def test_operation_ids_are_unique(document):
+    ids = [operation["operationId"] for _, _, operation in operations(document)]
+    assert len(ids) == len(set(ids)) == 14
+
+
+def test_api_operations_need_a_bearer_session_and_may_be_limited(document):
+    for path, method, operation in operations(document):
+        if path.startswith("/api/"):
+            assert {"bearerAuth": []} in operation["security"], (method, path)
+            for status in ("401", "429", "503"):
+                assert operation["responses"][status] == {"$ref": f"#/components/responses/{status_name(status)}"}
+        else:
+            assert "security" not in operation, (method, path)
+            assert "401" not in operation["responses"], (method, path)
+
+
+def status_name(status):
+    return {"401": "Unauthorized", "429": "TooManyRequests", "503": "ServiceUnavailable"}[status]
+
+
+def test_errors_are_documented_where_they_can_happen(document):
+    responses = {
+        (method.upper(), path): set(operation["responses"]) for path, method, operation in operations(document)
+    }
+    assert responses[("GET", "/api/tasks")] == {"200", "401", "405", "422", "429", "503"}
+    assert responses[("POST", "/api/tasks")] == {"200", "400", "401", "405", "413", "415", "422", "429", "503"}
+    assert responses[("GET", SINGLE_TASK)] == {"200", "401", "404", "405", "429", "503"}
+    assert responses[("PUT", SINGLE_TASK)] == {
+        "200", "400", "401", "404", "405", "412", "413", "415", "422", "429", "503"}
+    assert responses[("DELETE", SINGLE_TASK)] == {"200", "401", "404", "405", "412", "415", "429", "503"}
+    assert responses[("PATCH", SINGLE_TASK + "/complete")] == responses[("PUT", SINGLE_TASK)]
+    assert responses[("PATCH", SINGLE_TASK + "/mark-reminder-sent")] == responses[("DELETE", SINGLE_TASK)]
+    assert responses[("GET", "/health/ready")] == {"200", "405", "503"}
+    assert responses[("GET", "/health")] == {"200", "405"}
+
+
+def test_error_bodies_share_one_schema(document):
+    error = document["components"]["schemas"]["Error"]
+    assert error["required"] == ["detail"]
+    assert set(error["properties"]) == {"detail", "errors"}
+    for name, response in document["components"]["responses"].items():
+        assert response["content"] == {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}, name
+    limited = document["components"]["responses"]["TooManyRequests"]["headers"]
+    assert {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "X-RateLimit-Limit",
+            "X-RateLimit-Remaining", "X-RateLimit-Reset"} == set(limited)
+
+
+def test_conditional_and_idempotent_requests_are_declared(document):
+    if_match = {"$ref": "#/components/parameters/IfMatch"}
+    paths = document["paths"]
+    for method, path in (("put", SINGLE_TASK), ("delete", SINGLE_TASK), ("patch", SINGLE_TASK + "/complete"),
+                         ("patch", SINGLE_TASK + "/mark-reminder-sent")):
+        assert if_match in paths[path][method]["parameters"], (method, path)
+    assert if_match not in paths[SINGLE_TASK]["get"]["parameters"]
+    assert {"$ref": "#/components/parameters/IdempotencyKey"} in paths["/api/tasks"]["post"]["parameters"]
+    key = document["components"]["parameters"]["IdempotencyKey"]
+    assert (key["in"], key["name"], key["required"], key["schema"]["maxLength"]) == (
+        "header", "Idempotency-Key", False, 255)
+    for method, path in (("post", "/api/tasks"), ("get", SINGLE_TASK), ("put", SINGLE_TASK),
+                         ("patch", SINGLE_TASK + "/complete"), ("patch", SINGLE_TASK + "/mark-reminder-sent")):
+        assert "ETag" in paths[path][method]["responses"]["200"]["headers"], (method, path)
+
+
+def test_bodies_come_from_the_marshmallow_schemas(document):
+    schemas = document["components"]["schemas"]
+    create = document["paths"]["/api/tasks"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert create == {"$ref": "#/components/schemas/TaskCreate"}
+    assert schemas["TaskCreate"]["required"] == ["title"]
+    assert schemas["TaskCreate"]["properties"]["title"] == {"type": "string", "minLength": 1, "maxLength": 255}
+    assert "required" not in schemas["TaskUpdate"]  # partial: only the fields sent change
+    assert schemas["TaskUpdate"]["properties"]["completed"] == {"type": "boolean"}
+    assert set(schemas["Task"]["required"]) == set(schemas["Task"]["properties"])
+    assert schemas["TaskListEnvelope"]["properties"]["next_cursor"]["type"] == "string"
+    assert schemas["ChangedTaskEnvelope"]["properties"]["next_task"] == {"$ref": "#/components/schemas/Task"}
+    complete = document["paths"][SINGLE_TASK + "/complete"]["patch"]["requestBody"]
+    assert complete["required"] is False
+
+
+def test_list_parameters_come_from_the_query_schema(document):
+    parameters = {p["name"]: p for p in document["paths"]["/api/tasks"]["get"]["parameters"]}
+    assert set(parameters) == {"status", "priority", "category", "tags", "q", "due_before", "due_after", "overdue",
+                               "reminder_due", "sort_by", "sort_order", "limit", "cursor"}
+    assert (parameters["priority"]["style"], parameters["priority"]["explode"]) == ("form", False)
+    assert parameters["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 200}
+    search = {p["name"]: p for p in document["paths"]["/api/tasks/search"]["get"]["parameters"]}
+    assert search["keyword"]["required"] is True
+    assert "q" not in search
+
+
+def test_docs_page_serves_swagger_ui_from_the_app(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)  # nothing from elsewhere
+    assert '"/openapi.json"' in html
+    assets = re.findall(r"(?:src|href)=\"([^\"]+)\"", html)
+    assert sorted(assets) == [
+        "/docs/favicon-32x32.png", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui-standalone-preset.js",
+        "/docs/swagger-ui.css",
+    ]
+    for asset in assets:
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        assert len(response.data) > 500, asset
+
+
+def test_docs_assets_are_swagger_ui_5(client):
+    """OpenAPI 3.1 needs Swagger UI 5 or later."""
+    with open(f"{SWAGGER_UI_DIR}/VERSION") as version:
+        assert version.read().strip().startswith("v5.")
+    response = client.get("/docs/swagger-ui-bundle.js")
+    assert response.mimetype in ("text/javascript", "application/javascript")
+
+
+@pytest.mark.parametrize("path", ["/docs/../__init__.py", "/docs/%2e%2e/openapi.py", "/docs/missing.js"])
+def test_docs_serve_nothing_else(client, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.mimetype == "application/json"

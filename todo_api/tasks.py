@@ -1,13 +1,17 @@
 """The tasks API: each view parses with a schema, does one thing, serializes.
 
 Every response that carries one task carries its ETag; writes to one task
-honour If-Match (see `conditional`).
+honour If-Match (see `conditional`), and creates honour Idempotency-Key (see
+`idempotency`).
 """
-from flask import Blueprint, current_app, g, request
+from datetime import datetime, timezone
 
-from . import listing, models
+import orjson
+from flask import Blueprint, Response, current_app, g, request
+
+from . import idempotency, listing, models
 from .auth import authenticate
-from .conditional import etag, if_match_versions, none_match
+from .conditional import etag, etag_of, if_match_versions, none_match
 from .database import get_db
 from .schemas import (
     completion_schema,
@@ -56,6 +60,21 @@ def changed(row, next_task):
     return body, {"ETag": etag(row)}
 
 
+def created_body(row):
+    """The body of a create, as stored for Idempotency-Key replays: the same bytes as `one_task`'s."""
+    return current_app.json.dumps({"data": task_output(row)})
+
+
+def created_once(body, replayed):
+    """A create's stored body; its ETag is the task's as it was created."""
+    created = orjson.loads(body)["data"]
+    updated_at = datetime.fromisoformat(created["updated_at"]).astimezone(timezone.utc).replace(tzinfo=None)
+    headers = {"ETag": etag_of(created["id"], updated_at)}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(body, mimetype="application/json", headers=headers)
+
+
 @bp.get("/tasks")
 @bp.get("/tasks/filter-sort")
 def list_tasks():
@@ -70,7 +89,10 @@ def search_tasks():
 @bp.post("/tasks")
 def create_task():
     fields = json_body(task_create_schema)
-    return one_task(models.create_task(get_db(), g.user_id, fields))
+    key = idempotency.request_key()
+    if key is None:
+        return one_task(models.create_task(get_db(), g.user_id, fields))
+    return created_once(*idempotency.create_task_once(get_db(), g.user_id, key, fields, created_body))
 
 
 @bp.get("/tasks/<int(signed=True):task_id>")

@@ -90,7 +90,8 @@ def test_mark_reminder_sent_advances_updated_at(client, auth, create_task):
 def test_stale_if_match_is_412_and_changes_nothing(client, auth, create_task, write):
     task = create_task(remind_at="2030-01-01T00:00:00Z")
     _, first_tag = fetch(client, auth, task["id"])
-    assert client.put(f"/api/tasks/{task['id']}", headers=auth, json={"description": "by another tab"}).status_code == 200
+    other_tab = client.put(f"/api/tasks/{task['id']}", headers=auth, json={"description": "by another tab"})
+    assert other_tab.status_code == 200
     before = fetch(client, auth, task["id"])
     response = send(client, auth, task["id"], write, **{"If-Match": first_tag})
     assert (response.status_code, response.get_json()) == (412, STALE)
@@ -281,7 +282,8 @@ def test_concurrent_deletes_with_one_etag_delete_once(app, client, auth, create_
 def test_concurrent_toggles_of_a_recurring_task_with_one_etag_complete_it_once(app, client, auth, create_task):
     task = create_task(due_date="2030-01-01T09:00:00Z", recurrence_pattern="daily")
     _, tag = fetch(client, auth, task["id"])
-    responses = concurrently(app, lambda c: c.patch(f"/api/tasks/{task['id']}/complete", headers={**auth, "If-Match": tag}))
+    headers = {**auth, "If-Match": tag}
+    responses = concurrently(app, lambda c: c.patch(f"/api/tasks/{task['id']}/complete", headers=headers))
     assert Counter(response.status_code for response in responses) == {200: 1, 412: THREADS - 1}
     assert count_tasks(client, auth) == 2
 

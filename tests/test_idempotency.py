@@ -12,7 +12,10 @@ from todo_api.database import get_engine
 from todo_api.idempotency import idempotency_key
 
 REUSED = {"detail": "This Idempotency-Key was already used with a different request body"}
-BAD_KEY = {"detail": "Validation failed", "errors": {"Idempotency-Key": ["Must be 1 to 255 printable ASCII characters."]}}
+BAD_KEY = {
+    "detail": "Validation failed",
+    "errors": {"Idempotency-Key": ["Must be 1 to 255 printable ASCII characters."]},
+}
 THREADS = 16
 
 

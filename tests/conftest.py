@@ -55,7 +55,7 @@ def postgres_url():
 
 def truncate_postgres(engine):
     with engine.begin() as connection:
-        connection.execute(text('TRUNCATE task, "session", "user" RESTART IDENTITY CASCADE'))
+        connection.execute(text('TRUNCATE task, idempotency_key, "session", "user" RESTART IDENTITY CASCADE'))
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

@@ -37,17 +37,19 @@ def test_init_db_is_idempotent_and_keeps_rows(app, client, auth, create_task, ba
     assert client.get("/api/tasks", headers=auth).get_json() == {"data": [task]}
 
 
-def test_init_db_without_auth_tables_creates_only_the_task_table(fresh_sqlite_app):
+def test_init_db_without_auth_tables_creates_only_the_service_tables(fresh_sqlite_app):
     result = fresh_sqlite_app.test_cli_runner().invoke(args=["init-db", "--no-auth-tables"])
     assert (result.exit_code, result.output) == (0, "Initialized the database (sqlite).\n")
-    assert set(inspect(get_engine(fresh_sqlite_app)).get_table_names()) == {"alembic_version", "task"}
+    assert set(inspect(get_engine(fresh_sqlite_app)).get_table_names()) == {
+        "alembic_version", "task", "idempotency_key",
+    }
 
 
 def test_init_db_on_sqlite_creates_the_auth_tables_by_default(fresh_sqlite_app):
     result = fresh_sqlite_app.test_cli_runner().invoke(args=["init-db"])
     assert (result.exit_code, result.output) == (0, "Initialized the database (sqlite).\n")
     assert set(inspect(get_engine(fresh_sqlite_app)).get_table_names()) == {
-        "alembic_version", "task", "user", "session",
+        "alembic_version", "task", "idempotency_key", "user", "session",
     }
 
 

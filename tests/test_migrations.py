@@ -4,7 +4,7 @@ from sqlalchemy import inspect, text
 
 from todo_api.database import current_revision, downgrade, get_engine, upgrade
 
-HEAD = "0003"
+HEAD = "0004"
 
 
 def task_indexes(engine):
@@ -63,3 +63,15 @@ def test_db_commands(app):
     assert (result.exit_code, result.output) == (0, "Database at revision 0002.\n")
     result = runner.invoke(args=["db", "upgrade"])
     assert (result.exit_code, result.output) == (0, f"Database at revision {HEAD}.\n")
+
+
+def test_idempotency_keys_have_their_own_table_keyed_by_user_and_key(app):
+    engine = get_engine(app)
+    assert inspect(engine).get_pk_constraint("idempotency_key")["constrained_columns"] == ["user_id", "key"]
+    assert {index["name"]: index["column_names"] for index in inspect(engine).get_indexes("idempotency_key")} == {
+        "ix_idempotency_key_user_created": ["user_id", "created_at"],
+    }
+    downgrade(engine, "0003")
+    assert "idempotency_key" not in inspect(engine).get_table_names()
+    upgrade(engine)
+    assert "idempotency_key" in inspect(engine).get_table_names()

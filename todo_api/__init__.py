@@ -37,8 +37,12 @@ def register_extensions(app):
         app.config["SECRET_KEY"] or app.config["BETTER_AUTH_SECRET"] or DEVELOPMENT_SECRET
     )
     origins = app.config["CORS_ORIGINS"]
-    # Credentials are never allowed together with a wildcard origin.
-    CORS(app, origins=origins, supports_credentials="*" not in origins, max_age=600)
+    # Credentials are never allowed together with a wildcard origin. The browser
+    # shows a script only the response headers exposed here (ETag for If-Match).
+    CORS(
+        app, origins=origins, supports_credentials="*" not in origins, max_age=600,
+        expose_headers=["ETag", "Idempotent-Replayed"],
+    )
 
 
 def register_blueprints(app):

@@ -8,6 +8,7 @@ COMMIT round trip to pay, and nothing half-done can be left behind.
 """
 import os
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 import orjson
 import psycopg2.extensions
@@ -15,9 +16,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from flask import current_app, g
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import DateTime, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 
@@ -96,8 +99,44 @@ def _sqlite_engine(url):
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.close()
+        dbapi_connection.create_function("advance_timestamp", 2, advance_timestamp_text, deterministic=True)
 
     return engine
+
+
+class advanced(FunctionElement):
+    """`advanced(column, now)`: the later of `now` and the column plus one microsecond.
+
+    A row's `updated_at` set this way moves forward on every write, even when two
+    writes read the same microsecond from the clock (two workers at once) or the
+    clock steps back, so a version derived from it (the ETag) changes on every
+    write. It is evaluated on the row the write actually changes, under its lock.
+    """
+
+    type = DateTime()
+    inherit_cache = True
+
+
+@compiles(advanced)
+def _advanced_postgresql(element, compiler, **kw):
+    column, now = element.clauses
+    return f"GREATEST({compiler.process(now, **kw)}, {compiler.process(column, **kw)} + INTERVAL '1 microsecond')"
+
+
+@compiles(advanced, "sqlite")
+def _advanced_sqlite(element, compiler, **kw):
+    return f"advance_timestamp({compiler.process(element.clauses, **kw)})"
+
+
+def advance_timestamp_text(stored, now):
+    """SQLite's side of `advanced`: SQLite has no microsecond arithmetic on the
+    text SQLAlchemy stores its timestamps as (`YYYY-MM-DD HH:MM:SS.ffffff`, a
+    fixed width, so text order is time order)."""
+    try:
+        following = datetime.fromisoformat(stored) + timedelta(microseconds=1)
+    except (TypeError, ValueError):
+        return now
+    return max(now, following.isoformat(sep=" ", timespec="microseconds"))
 
 
 @contextmanager

@@ -33,9 +33,9 @@ from sqlalchemy import (
 )
 from dateutil.relativedelta import relativedelta
 from marshmallow import ValidationError
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import NotFound, PreconditionFailed
 
-from .database import transaction, upgrade
+from .database import advanced, transaction, upgrade
 
 PRIORITIES = ("low", "medium", "high")
 # SERIAL is a 4-byte integer; larger ids cannot exist, so they are not looked up.
@@ -74,6 +74,12 @@ class NoSuchTask(NotFound):
     """A missing task and another user's task answer exactly alike."""
 
     description = "Task not found"
+
+
+class StaleTask(PreconditionFailed):
+    """If-Match named a version of the task that is no longer current."""
+
+    description = "The task has changed since it was read (If-Match does not match its ETag); fetch it again"
 
 
 # -- Better Auth's tables ---------------------------------------------------
@@ -143,6 +149,19 @@ def _owned(statement):
     return statement.where(task.c.id == bindparam("task_key"), task.c.user_id == bindparam("owner_id"))
 
 
+@functools.lru_cache(maxsize=None)
+def _if_version(statement):
+    """The same write, applied only while the task's `updated_at` is one of `versions`.
+
+    This is how If-Match is checked: in the write's own WHERE clause, so no
+    other write can come between the check and the change.
+    """
+    return statement.where(task.c.updated_at.in_(bindparam("versions", expanding=True)))
+
+
+# Every write moves `updated_at` forward, strictly: it is the task's version.
+_NEXT_UPDATED_AT = advanced(task.c.updated_at, bindparam("now", type_=DateTime))
+
 _INSERT = insert(task).returning(*task.c)
 _SELECT = _owned(select(task))
 _SELECT_FOR_UPDATE = _SELECT.with_for_update()
@@ -151,13 +170,13 @@ _SELECT_FOR_UPDATE = _SELECT.with_for_update()
 _TOGGLE_PLAIN = (
     _owned(update(task))
     .where(task.c.recurrence_pattern.is_(None))
-    .values(completed=not_(task.c.completed), updated_at=bindparam("now"))
+    .values(completed=not_(task.c.completed), updated_at=_NEXT_UPDATED_AT)
     .returning(*task.c)
 )
-_SET_COMPLETED = _owned(update(task)).values(completed=bindparam("done"), updated_at=bindparam("now"))
+_SET_COMPLETED = _owned(update(task)).values(completed=bindparam("done"), updated_at=_NEXT_UPDATED_AT)
 _SET_COMPLETED_PLAIN = _SET_COMPLETED.where(task.c.recurrence_pattern.is_(None)).returning(*task.c)
 _SET_COMPLETED = _SET_COMPLETED.returning(*task.c)
-_MARK_REMINDED = _owned(update(task)).values(reminder_sent=True).returning(*task.c)
+_MARK_REMINDED = _owned(update(task)).values(reminder_sent=True, updated_at=_NEXT_UPDATED_AT).returning(*task.c)
 _DELETE = _owned(delete(task)).returning(task.c.id)
 
 RECURRENCE_STEPS = {
@@ -186,6 +205,32 @@ def _run_owned(db, statement, user_id, task_id, **params):
     return db.execute(statement, {"task_key": task_id, "owner_id": user_id, **params}).first()
 
 
+def _write(db, statement, user_id, task_id, versions, **params):
+    """Run a one-task write; with `versions` (If-Match), only while the task is at one of them.
+
+    `versions` is None for an unconditional write, else the `updated_at` values
+    the client's ETags name (empty when none of them can match). No row means
+    missing, foreign, not at that version, or not for this fast path.
+    """
+    if versions is None:
+        return _run_owned(db, statement, user_id, task_id, **params)
+    if not versions:
+        return None
+    return _run_owned(db, _if_version(statement), user_id, task_id, versions=list(versions), **params)
+
+
+def _refuse(db, user_id, task_id, versions):
+    """Why a conditional write found no row: 412 if the caller's task exists, else 404."""
+    if versions is not None and _run_owned(db, _SELECT, user_id, task_id) is not None:
+        raise StaleTask()
+    raise NoSuchTask()
+
+
+def _check_version(row, versions):
+    if versions is not None and row.updated_at not in versions:
+        raise StaleTask()
+
+
 def create_task(db, user_id, fields):
     now = utcnow()
     values = {
@@ -210,43 +255,51 @@ def get_task(db, user_id, task_id):
     return owned_task(db, _SELECT, user_id, task_id)
 
 
-def delete_task(db, user_id, task_id):
-    owned_task(db, _DELETE, user_id, task_id)
+# `versions` below: None, or the task versions (`updated_at` values) that If-Match
+# accepts; a task at another version is left unchanged and answers 412.
 
 
-def mark_reminder_sent(db, user_id, task_id):
-    return owned_task(db, _MARK_REMINDED, user_id, task_id)
+def delete_task(db, user_id, task_id, versions=None):
+    if _write(db, _DELETE, user_id, task_id, versions) is None:
+        _refuse(db, user_id, task_id, versions)
 
 
-def toggle_task(db, user_id, task_id):
+def mark_reminder_sent(db, user_id, task_id, versions=None):
+    row = _write(db, _MARK_REMINDED, user_id, task_id, versions, now=utcnow())
+    if row is None:
+        _refuse(db, user_id, task_id, versions)
+    return row
+
+
+def toggle_task(db, user_id, task_id, versions=None):
     """Flip `completed`; returns (task, next occurrence or None)."""
-    row = _run_owned(db, _TOGGLE_PLAIN, user_id, task_id, now=utcnow())
+    row = _write(db, _TOGGLE_PLAIN, user_id, task_id, versions, now=utcnow())
     if row is not None:
         return row, None
-    return change_task(db, user_id, task_id, lambda current: {"completed": not current.completed})
+    return change_task(db, user_id, task_id, lambda current: {"completed": not current.completed}, versions)
 
 
-def set_task_completed(db, user_id, task_id, completed):
+def set_task_completed(db, user_id, task_id, completed, versions=None):
     """Set `completed`, so a retried request cannot flip it back; returns (task, next occurrence or None)."""
     statement = _SET_COMPLETED_PLAIN if completed else _SET_COMPLETED
-    row = _run_owned(db, statement, user_id, task_id, done=completed, now=utcnow())
+    row = _write(db, statement, user_id, task_id, versions, done=completed, now=utcnow())
     if row is not None:
         return row, None
-    return change_task(db, user_id, task_id, lambda current: {"completed": completed})
+    return change_task(db, user_id, task_id, lambda current: {"completed": completed}, versions)
 
 
 # Fields whose change needs no look at the stored task when it does not recur.
 PLAIN_FIELDS = frozenset({"title", "description", "priority", "category", "tags", "completed"})
 
 
-def update_task(db, user_id, task_id, changes):
+def update_task(db, user_id, task_id, changes, versions=None):
     """Apply a partial update; returns (task, next occurrence or None)."""
     if changes and changes.keys() <= PLAIN_FIELDS:
         statement = _plain_update(frozenset(changes))
-        row = _run_owned(db, statement, user_id, task_id, now=utcnow(), **changes)
+        row = _write(db, statement, user_id, task_id, versions, now=utcnow(), **changes)
         if row is not None:
             return row, None
-    return change_task(db, user_id, task_id, lambda current: changes)
+    return change_task(db, user_id, task_id, lambda current: changes, versions)
 
 
 @functools.lru_cache(maxsize=None)
@@ -255,20 +308,22 @@ def _plain_update(fields):
     return (
         _owned(update(task))
         .where(task.c.recurrence_pattern.is_(None))
-        .values({**{name: bindparam(name, type_=task.c[name].type) for name in fields}, "updated_at": bindparam("now")})
+        .values({**{name: bindparam(name, type_=task.c[name].type) for name in fields}, "updated_at": _NEXT_UPDATED_AT})
         .returning(*task.c)
     )
 
 
-def change_task(db, user_id, task_id, changes_for):
+def change_task(db, user_id, task_id, changes_for, versions=None):
     """Change a task in one transaction, seeing its current state first.
 
-    Checks rules that span fields (a recurring task needs a due date), clears
-    `reminder_sent` when the reminder time moves, and when a recurring task
-    becomes completed, creates its next occurrence in the same transaction.
+    Checks If-Match's versions on the locked row, checks rules that span fields
+    (a recurring task needs a due date), clears `reminder_sent` when the
+    reminder time moves, and when a recurring task becomes completed, creates
+    its next occurrence in the same transaction.
     """
     with transaction(db):
         current = owned_task(db, _SELECT_FOR_UPDATE, user_id, task_id)
+        _check_version(current, versions)
         changes = changes_for(current)
         after = {**current._mapping, **changes}
         if after["recurrence_pattern"] and after["due_date"] is None:
@@ -277,8 +332,8 @@ def change_task(db, user_id, task_id, changes_for):
             changes["reminder_sent"] = False
         if not changes:
             return current, None
-        statement = _owned(update(task)).values(**changes, updated_at=utcnow()).returning(*task.c)
-        row = owned_task(db, statement, user_id, task_id)
+        statement = _owned(update(task)).values(**changes, updated_at=_NEXT_UPDATED_AT).returning(*task.c)
+        row = owned_task(db, statement, user_id, task_id, now=utcnow())
         next_task = None
         if row.completed and not current.completed and row.recurrence_pattern:
             upcoming = next_occurrence(row)

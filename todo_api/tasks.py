@@ -1,8 +1,17 @@
-"""The tasks API: each view parses with a schema, does one thing, serializes."""
-from flask import Blueprint, current_app, g, request
+"""The tasks API: each view parses with a schema, does one thing, serializes.
 
-from . import listing, models
+Every response that carries one task carries its ETag; writes to one task
+honour If-Match (see `conditional`), and creates honour Idempotency-Key (see
+`idempotency`).
+"""
+from datetime import datetime, timezone
+
+import orjson
+from flask import Blueprint, Response, current_app, g, request
+
+from . import idempotency, listing, models
 from .auth import authenticate
+from .conditional import etag, etag_of, if_match_versions, none_match
 from .database import get_db
 from .schemas import (
     completion_schema,
@@ -39,12 +48,31 @@ def page(query):
     return body
 
 
+def one_task(row):
+    return {"data": task_output(row)}, {"ETag": etag(row)}
+
+
 def changed(row, next_task):
     """A changed task; a recurring task that was completed also shows its next occurrence."""
     body = {"data": task_output(row)}
     if next_task is not None:
         body["next_task"] = task_output(next_task)
-    return body
+    return body, {"ETag": etag(row)}
+
+
+def created_body(row):
+    """The body of a create, as stored for Idempotency-Key replays: the same bytes as `one_task`'s."""
+    return current_app.json.dumps({"data": task_output(row)})
+
+
+def created_once(body, replayed):
+    """A create's stored body; its ETag is the task's as it was created."""
+    created = orjson.loads(body)["data"]
+    updated_at = datetime.fromisoformat(created["updated_at"]).astimezone(timezone.utc).replace(tzinfo=None)
+    headers = {"ETag": etag_of(created["id"], updated_at)}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(body, mimetype="application/json", headers=headers)
 
 
 @bp.get("/tasks")
@@ -61,35 +89,42 @@ def search_tasks():
 @bp.post("/tasks")
 def create_task():
     fields = json_body(task_create_schema)
-    return {"data": task_output(models.create_task(get_db(), g.user_id, fields))}
+    key = idempotency.request_key()
+    if key is None:
+        return one_task(models.create_task(get_db(), g.user_id, fields))
+    return created_once(*idempotency.create_task_once(get_db(), g.user_id, key, fields, created_body))
 
 
 @bp.get("/tasks/<int(signed=True):task_id>")
 def get_task(task_id):
-    return {"data": task_output(models.get_task(get_db(), g.user_id, task_id))}
+    row = models.get_task(get_db(), g.user_id, task_id)
+    if none_match(row):
+        return "", 304, {"ETag": etag(row)}
+    return one_task(row)
 
 
 @bp.put("/tasks/<int(signed=True):task_id>")
 def update_task(task_id):
     changes = json_body(task_update_schema)
-    return changed(*models.update_task(get_db(), g.user_id, task_id, changes))
+    return changed(*models.update_task(get_db(), g.user_id, task_id, changes, if_match_versions(task_id)))
 
 
 @bp.delete("/tasks/<int(signed=True):task_id>")
 def delete_task(task_id):
-    models.delete_task(get_db(), g.user_id, task_id)
+    models.delete_task(get_db(), g.user_id, task_id, if_match_versions(task_id))
     return {"data": {"ok": True}}
 
 
 @bp.patch("/tasks/<int(signed=True):task_id>/complete")
 def complete_task(task_id):
     """No body toggles; `{"completed": bool}` sets, so a retry cannot flip it back."""
+    versions = if_match_versions(task_id)
     if has_body():
         completed = json_body(completion_schema)["completed"]
-        return changed(*models.set_task_completed(get_db(), g.user_id, task_id, completed))
-    return changed(*models.toggle_task(get_db(), g.user_id, task_id))
+        return changed(*models.set_task_completed(get_db(), g.user_id, task_id, completed, versions))
+    return changed(*models.toggle_task(get_db(), g.user_id, task_id, versions))
 
 
 @bp.patch("/tasks/<int(signed=True):task_id>/mark-reminder-sent")
 def mark_reminder_sent(task_id):
-    return {"data": task_output(models.mark_reminder_sent(get_db(), g.user_id, task_id))}
+    return one_task(models.mark_reminder_sent(get_db(), g.user_id, task_id, if_match_versions(task_id)))

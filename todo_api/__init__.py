@@ -5,7 +5,7 @@ from dotenv import find_dotenv, load_dotenv
 from flask import Flask
 from flask_cors import CORS
 
-from . import cli, config, database, errors
+from . import cli, config, database, errors, ratelimit
 from .json_provider import OrjsonProvider
 from .listing import Cursors
 from .models import session_lookup
@@ -38,7 +38,10 @@ def register_extensions(app):
     )
     origins = app.config["CORS_ORIGINS"]
     # Credentials are never allowed together with a wildcard origin.
-    CORS(app, origins=origins, supports_credentials="*" not in origins, max_age=600)
+    # The frontend reads the rate-limit headers (Retry-After on a 429) only if they are exposed.
+    CORS(app, origins=origins, supports_credentials="*" not in origins, max_age=600,
+         expose_headers=ratelimit.HEADERS)
+    ratelimit.init_app(app)
 
 
 def register_blueprints(app):

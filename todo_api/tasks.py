@@ -4,6 +4,7 @@ from flask import Blueprint, current_app, g, request
 from . import listing, models
 from .auth import authenticate
 from .database import get_db
+from .ratelimit import limit_user
 from .schemas import (
     completion_schema,
     list_query_schema,
@@ -20,6 +21,7 @@ bp = Blueprint("tasks", __name__, url_prefix="/api")
 def require_session():
     if request.method != "OPTIONS":  # CORS preflights carry no credentials
         authenticate()
+        limit_user()  # after authentication: the per-user limit is keyed by the user
 
 
 def json_body(schema):

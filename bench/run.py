@@ -12,7 +12,8 @@ or Ctrl-C), builds the schema with `flask --app todo_api init-db
 --auth-tables`, inserts the users and their Better Auth sessions by SQL,
 starts the service exactly as the Procfile does (`gunicorn --config
 gunicorn.conf.py wsgi:app`, access log off; WEB_CONCURRENCY and
-GUNICORN_THREADS are passed through), creates every user's tasks through the
+GUNICORN_THREADS are passed through; the rate limits are raised so that
+the load, all from one address, is counted but never refused), creates every user's tasks through the
 API, then loads each scenario with wrk (bench/wrk.lua) for --duration
 seconds, spreading the requests across all users' sessions:
 

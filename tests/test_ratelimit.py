@@ -24,7 +24,7 @@ sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS", "redis://127.0.0.1:6379/0")
 FRONTEND = "http://localhost:3000"
-# Day windows: a test never straddles the boundary where a clock-aligned window resets.
+# Day windows: a test straddles the moment a clock-aligned window resets only across midnight UTC.
 HIGH = "1000 per day"
 
 
@@ -35,7 +35,7 @@ def backend(request):
 
 @pytest.fixture
 def limited(make_app):
-    """Apps with rate limits on, in memory unless told otherwise; low limits unless told otherwise."""
+    """Apps with rate limits on, counted in memory and set high, unless told otherwise."""
 
     def build(**overrides):
         settings = {"RATELIMIT_ENABLED": True, "RATELIMIT_PER_USER": HIGH, "RATELIMIT_PER_IP": HIGH, **overrides}

@@ -12,7 +12,8 @@ or Ctrl-C), builds the schema with `flask --app todo_api init-db
 --auth-tables`, inserts the users and their Better Auth sessions by SQL,
 starts the service exactly as the Procfile does (`gunicorn --config
 gunicorn.conf.py wsgi:app`, access log off; WEB_CONCURRENCY and
-GUNICORN_THREADS are passed through), creates every user's tasks through the
+GUNICORN_THREADS are passed through; the rate limits are raised so that
+the load, all from one address, is counted but never refused), creates every user's tasks through the
 API, then loads each scenario with wrk (bench/wrk.lua) for --duration
 seconds, spreading the requests across all users' sessions:
 
@@ -210,10 +211,25 @@ def free_port():
         return probe.getsockname()[1]
 
 
+# All load comes from 127.0.0.1, far over any real per-address limit: the limits are raised so
+# every request is still counted (the limiter's cost is measured) but none is refused.
+# RATELIMIT_* and REDIS_URL in the environment win, e.g. RATELIMIT_ENABLED=false to compare.
+BENCH_RATE_LIMIT = "1000000000 per minute"
+
+
 def service_environment(database_url, port):
     env = dict(os.environ)
+    env.setdefault("RATELIMIT_PER_IP", BENCH_RATE_LIMIT)
+    env.setdefault("RATELIMIT_PER_USER", BENCH_RATE_LIMIT)
     env.update(PORT=str(port), DATABASE_URL=database_url, GUNICORN_ACCESS_LOG="false")
     return env
+
+
+def rate_limit_description(env):
+    if env.get("RATELIMIT_ENABLED", "true").strip().lower() in ("0", "false", "no", "off"):
+        return "off"
+    storage = "Redis" if env.get("REDIS_URL", "").strip() else "in-memory"
+    return f"per IP {env['RATELIMIT_PER_IP']}, per user {env['RATELIMIT_PER_USER']}, {storage} counters"
 
 
 def gunicorn_settings(env):
@@ -434,6 +450,7 @@ def main():
             print(f"todo-api bench: {args.users} users x {args.tasks_per_user} tasks, {args.connections} connections, "
                   f"{args.threads} wrk threads, {args.duration} s per scenario; gunicorn {workers} workers x "
                   f"{threads} threads (gthread), {os.cpu_count()} CPUs; database {name}", flush=True)
+            print(f"rate limits: {rate_limit_description(env)}", flush=True)
 
             log_path = os.path.join(work, "gunicorn.log")
             base_url = f"http://127.0.0.1:{env['PORT']}"

@@ -29,6 +29,8 @@ def base_config(database_url, **overrides):
         "DATABASE_URL": database_url,
         "BETTER_AUTH_SECRET": None,
         "CORS_ORIGINS": ["http://localhost:3000"],
+        # Rate limits stay on at their defaults, counted in memory: a developer's REDIS_URL is never used.
+        "REDIS_URL": None,
         **overrides,
     }
 

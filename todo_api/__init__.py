@@ -5,7 +5,7 @@ from dotenv import find_dotenv, load_dotenv
 from flask import Flask
 from flask_cors import CORS
 
-from . import cli, config, database, errors
+from . import cli, config, database, errors, ratelimit
 from .json_provider import OrjsonProvider
 from .listing import Cursors
 from .models import session_lookup
@@ -38,11 +38,13 @@ def register_extensions(app):
     )
     origins = app.config["CORS_ORIGINS"]
     # Credentials are never allowed together with a wildcard origin. The browser
-    # shows a script only the response headers exposed here (ETag for If-Match).
+    # shows a script only the response headers exposed here: ETag for If-Match,
+    # the rate-limit headers (Retry-After on a 429).
     CORS(
         app, origins=origins, supports_credentials="*" not in origins, max_age=600,
-        expose_headers=["ETag", "Idempotent-Replayed"],
+        expose_headers=["ETag", "Idempotent-Replayed", *ratelimit.HEADERS],
     )
+    ratelimit.init_app(app)
 
 
 def register_blueprints(app):

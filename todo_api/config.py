@@ -5,6 +5,10 @@ Every variable is documented in the README's configuration table.
 import os
 
 DEFAULT_CORS_ORIGINS = "http://localhost:3000"
+# Generous for people (a user's browser tabs, an office behind one address), well under what one
+# client would need to crowd others out of a ~2,000 req/s service.
+DEFAULT_RATELIMIT_PER_USER = "1800 per minute"
+DEFAULT_RATELIMIT_PER_IP = "6000 per minute"
 
 
 def env_str(name, default=None):
@@ -63,5 +67,12 @@ def from_environment():
         "SESSION_EXPIRES_AT_COLUMN": env_str("SESSION_EXPIRES_AT_COLUMN", "expiresAt"),
         "CORS_ORIGINS": env_list("CORS_ORIGINS", DEFAULT_CORS_ORIGINS),
         "LOG_LEVEL": env_str("LOG_LEVEL", "INFO").upper(),
+        "RATELIMIT_ENABLED": env_bool("RATELIMIT_ENABLED", True),
+        "RATELIMIT_PER_USER": env_str("RATELIMIT_PER_USER", DEFAULT_RATELIMIT_PER_USER),
+        "RATELIMIT_PER_IP": env_str("RATELIMIT_PER_IP", DEFAULT_RATELIMIT_PER_IP),
+        "RATELIMIT_HEADERS_ENABLED": env_bool("RATELIMIT_HEADERS_ENABLED", True),
+        "RATELIMIT_KEY_PREFIX": env_str("RATELIMIT_KEY_PREFIX", "todo-api"),
+        "REDIS_URL": env_str("REDIS_URL"),
+        "TRUSTED_PROXY_HOPS": env_int("TRUSTED_PROXY_HOPS", 0),
         "MAX_CONTENT_LENGTH": 1024 * 1024,
     }

@@ -13,6 +13,7 @@ from . import idempotency, listing, models
 from .auth import authenticate
 from .conditional import etag, etag_of, if_match_versions, none_match
 from .database import get_db
+from .ratelimit import limit_user
 from .schemas import (
     completion_schema,
     list_query_schema,
@@ -29,6 +30,7 @@ bp = Blueprint("tasks", __name__, url_prefix="/api")
 def require_session():
     if request.method != "OPTIONS":  # CORS preflights carry no credentials
         authenticate()
+        limit_user()  # after authentication: the per-user limit is keyed by the user
 
 
 def json_body(schema):

@@ -1,0 +1,361 @@
+"""Rate limits: per user on /api, per client address everywhere but /health, in memory or in Redis.
+
+The Redis tests use the local server (REDIS_URL_FOR_TESTS, by default
+127.0.0.1:6379) under a key prefix of their own, deleted afterwards, and a
+private redis-server for the outage drill.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+import redis
+
+from conftest import base_config
+from todo_api import create_app
+from todo_api.config import from_environment
+from todo_api.database import get_engine
+
+# The limiter does not touch the database: tests that need an app build it on SQLite only.
+sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+
+REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS", "redis://127.0.0.1:6379/0")
+FRONTEND = "http://localhost:3000"
+# Day windows: a test straddles the moment a clock-aligned window resets only across midnight UTC.
+HIGH = "1000 per day"
+
+
+@pytest.fixture
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def limited(make_app):
+    """Apps with rate limits on, counted in memory and set high, unless told otherwise."""
+
+    def build(**overrides):
+        settings = {"RATELIMIT_ENABLED": True, "RATELIMIT_PER_USER": HIGH, "RATELIMIT_PER_IP": HIGH, **overrides}
+        return make_app(**settings)
+
+    return build
+
+
+@pytest.fixture
+def redis_prefix():
+    """A key prefix for this test alone; its keys are deleted afterwards."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        pytest.fail(f"Redis is needed for this test and is not reachable at {REDIS_URL}: {error}")
+    prefix = f"todo-api-test-{uuid.uuid4().hex}"
+    yield prefix
+    for key in client.scan_iter(match=f"*{prefix}*"):
+        client.delete(key)
+    client.close()
+
+
+def redis_keys(prefix):
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        return sorted(key.decode() for key in client.scan_iter(match=f"*{prefix}*"))
+    finally:
+        client.close()
+
+
+def closed_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rate_headers(response):
+    return {name: response.headers.get(name) for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "Retry-After")}
+
+
+def assert_reset_is_the_end_of_the_day(response):
+    """Windows are aligned to the clock: a day window ends at the next midnight UTC."""
+    day = 24 * 60 * 60
+    assert int(response.headers["X-RateLimit-Reset"]) == (int(time.time()) // day + 1) * day
+
+
+# -- Per user ----------------------------------------------------------------
+
+
+@sqlite_only
+def test_per_user_limit_refuses_one_user_while_another_on_the_same_address_goes_on(limited, new_session):
+    app = limited(RATELIMIT_PER_USER="3 per day")
+    client = app.test_client()
+    alice = {"Authorization": f"Bearer {new_session('alice@example.com')}"}
+    bob = {"Authorization": f"Bearer {new_session('bob@example.com')}"}
+
+    created = client.post("/api/tasks", headers=alice, json={"title": "one"})
+    assert created.status_code == 200
+    task_id = created.get_json()["data"]["id"]
+    assert client.get(f"/api/tasks/{task_id}", headers=alice).status_code == 200
+    assert client.get("/api/tasks", headers=alice).status_code == 200  # one budget for every /api route
+    refused = client.get("/api/tasks", headers=alice)
+    assert refused.status_code == 429
+    assert refused.get_json() == {"detail": "Rate limit exceeded: 3 per 1 day per user"}
+
+    for _ in range(3):
+        assert client.get("/api/tasks", headers=bob).status_code == 200
+    assert client.get("/api/tasks", headers=bob).status_code == 429
+
+
+@sqlite_only
+def test_a_refused_request_changes_nothing(limited, auth):
+    app = limited(RATELIMIT_PER_USER="2 per day")
+    client = app.test_client()
+    assert client.post("/api/tasks", headers=auth, json={"title": "kept"}).status_code == 200
+    assert client.get("/api/tasks", headers=auth).status_code == 200
+    refused = client.post("/api/tasks", headers=auth, json={"title": "refused"})
+    assert refused.status_code == 429
+    with get_engine(app).connect() as connection:
+        titles = [row.title for row in connection.exec_driver_sql("SELECT title FROM task")]
+    assert titles == ["kept"]
+
+
+@sqlite_only
+def test_the_per_user_limit_counts_only_authenticated_requests(limited, auth):
+    """It is checked after authentication: a bad token costs the user nothing, and is told 401, not 429."""
+    app = limited(RATELIMIT_PER_USER="2 per day")
+    client = app.test_client()
+    for _ in range(5):
+        assert client.get("/api/tasks", headers={"Authorization": "Bearer " + "x" * 32}).status_code == 401
+    assert client.get("/api/tasks", headers=auth).status_code == 200
+    assert client.get("/api/tasks", headers=auth).status_code == 200
+    assert client.get("/api/tasks", headers=auth).status_code == 429
+    assert client.get("/api/tasks", headers={"Authorization": "Bearer " + "x" * 32}).status_code == 401
+
+
+# -- Per client address --------------------------------------------------------
+
+
+@sqlite_only
+def test_per_address_limit_counts_every_route_but_health_and_preflights(limited, auth):
+    app = limited(RATELIMIT_PER_IP="5 per day")
+    client = app.test_client()
+    assert client.get("/", headers=auth).status_code == 200
+    assert client.get("/api/tasks").status_code == 401  # counted before authentication
+    assert client.get("/api/tasks", headers=auth).status_code == 200
+    assert client.get("/no-such-route").status_code == 404
+    assert client.get("/health/ready").status_code == 200
+    refused = client.get("/api/tasks", headers=auth)
+    assert refused.status_code == 429
+    assert refused.get_json() == {"detail": "Rate limit exceeded: 5 per 1 day per client address"}
+    assert client.get("/").status_code == 429
+    assert client.get("/no-such-route").status_code == 429
+
+    for _ in range(10):
+        health = client.get("/health")
+        assert health.status_code == 200
+        assert "X-RateLimit-Limit" not in health.headers
+        preflight = client.options("/api/tasks", headers={"Origin": FRONTEND, "Access-Control-Request-Method": "GET"})
+        assert preflight.status_code == 200
+        assert "X-RateLimit-Limit" not in preflight.headers
+
+    other = client.get("/api/tasks", headers=auth, environ_base={"REMOTE_ADDR": "203.0.113.7"})
+    assert other.status_code == 200
+
+
+@sqlite_only
+def test_forwarded_for_is_ignored_without_trusted_proxies(limited):
+    client = limited(RATELIMIT_PER_IP="2 per day").test_client()
+    for forwarded in ("198.51.100.1", "198.51.100.2"):
+        assert client.get("/", headers={"X-Forwarded-For": forwarded}).status_code == 200
+    assert client.get("/", headers={"X-Forwarded-For": "198.51.100.3"}).status_code == 429
+
+
+@sqlite_only
+def test_behind_a_trusted_proxy_the_address_it_saw_is_limited(limited):
+    """With one trusted hop, the last X-Forwarded-For entry is the client; earlier ones are the client's own words."""
+    client = limited(RATELIMIT_PER_IP="2 per day", TRUSTED_PROXY_HOPS=1).test_client()
+    for spoofed in ("192.0.2.1", "192.0.2.2"):
+        response = client.get("/", headers={"X-Forwarded-For": f"{spoofed}, 198.51.100.1"})
+        assert response.status_code == 200
+    assert client.get("/", headers={"X-Forwarded-For": "192.0.2.3, 198.51.100.1"}).status_code == 429
+    assert client.get("/", headers={"X-Forwarded-For": "198.51.100.2"}).status_code == 200
+
+
+# -- Headers and body ----------------------------------------------------------
+
+
+@sqlite_only
+def test_limited_responses_count_down_in_their_headers(limited, auth):
+    app = limited(RATELIMIT_PER_USER="3 per day", RATELIMIT_PER_IP="100 per day")
+    client = app.test_client()
+    seen = []
+    for _ in range(3):
+        response = client.get("/api/tasks", headers=auth)
+        assert response.status_code == 200
+        assert_reset_is_the_end_of_the_day(response)
+        seen.append(rate_headers(response))
+    assert seen == [
+        {"X-RateLimit-Limit": "3", "X-RateLimit-Remaining": "2", "Retry-After": None},
+        {"X-RateLimit-Limit": "3", "X-RateLimit-Remaining": "1", "Retry-After": None},
+        {"X-RateLimit-Limit": "3", "X-RateLimit-Remaining": "0", "Retry-After": None},
+    ]
+    # Outside /api, the per-address limit is the one that applies.
+    root = client.get("/")
+    assert rate_headers(root) == {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "96", "Retry-After": None}
+
+
+@sqlite_only
+def test_429_is_json_with_retry_after_and_cors_headers(limited, auth):
+    app = limited(RATELIMIT_PER_USER="1 per day")
+    client = app.test_client()
+    assert client.get("/api/tasks", headers=auth).status_code == 200
+    refused = client.get("/api/tasks", headers={"Origin": FRONTEND, **auth})
+    assert refused.status_code == 429
+    assert refused.mimetype == "application/json"
+    assert refused.get_json() == {"detail": "Rate limit exceeded: 1 per 1 day per user"}
+    assert_reset_is_the_end_of_the_day(refused)
+    assert abs(int(refused.headers["Retry-After"]) - (int(refused.headers["X-RateLimit-Reset"]) - time.time())) <= 1
+    assert (refused.headers["X-RateLimit-Limit"], refused.headers["X-RateLimit-Remaining"]) == ("1", "0")
+    # The browser lets the frontend read the response, and these headers.
+    assert refused.headers["Access-Control-Allow-Origin"] == FRONTEND
+    exposed = {name.strip() for name in refused.headers["Access-Control-Expose-Headers"].split(",")}
+    assert exposed == {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"}
+
+
+@sqlite_only
+def test_headers_can_be_turned_off(limited, auth):
+    client = limited(RATELIMIT_PER_USER="1 per day", RATELIMIT_HEADERS_ENABLED=False).test_client()
+    ok = client.get("/api/tasks", headers=auth)
+    refused = client.get("/api/tasks", headers=auth)
+    assert (ok.status_code, refused.status_code) == (200, 429)
+    for response in (ok, refused):
+        assert not {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} & set(response.headers.keys())
+    assert "Retry-After" not in ok.headers
+    assert int(refused.headers["Retry-After"]) >= 1  # a refusal always says when to come back
+
+
+def test_a_database_outage_keeps_its_own_retry_after():
+    app = create_app(base_config("postgresql://postgres@127.0.0.1:1/nowhere", DATABASE_CONNECT_TIMEOUT=1,
+                                 RATELIMIT_ENABLED=True, RATELIMIT_PER_IP="10 per day"))
+    response = app.test_client().get("/api/tasks", headers={"Authorization": "Bearer " + "a" * 32})
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert rate_headers(response) == {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "9", "Retry-After": "5"}
+
+
+# -- Configuration ---------------------------------------------------------------
+
+
+@sqlite_only
+def test_limits_can_be_turned_off(limited, auth):
+    client = limited(RATELIMIT_ENABLED=False, RATELIMIT_PER_USER="1 per day",
+                     RATELIMIT_PER_IP="1 per day").test_client()
+    for _ in range(5):
+        response = client.get("/api/tasks", headers=auth)
+        assert response.status_code == 200
+        assert "X-RateLimit-Limit" not in response.headers
+
+
+def test_settings_are_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("RATELIMIT_ENABLED", "false")
+    monkeypatch.setenv("RATELIMIT_PER_USER", "10 per second")
+    monkeypatch.setenv("RATELIMIT_PER_IP", "100/minute")
+    monkeypatch.setenv("REDIS_URL", "redis://cache.example:6379/1")
+    monkeypatch.setenv("TRUSTED_PROXY_HOPS", "2")
+    config = from_environment()
+    assert (config["RATELIMIT_ENABLED"], config["RATELIMIT_PER_USER"], config["RATELIMIT_PER_IP"],
+            config["REDIS_URL"], config["TRUSTED_PROXY_HOPS"]) == (
+        False, "10 per second", "100/minute", "redis://cache.example:6379/1", 2)
+
+
+def test_defaults(monkeypatch):
+    for name in ("RATELIMIT_ENABLED", "RATELIMIT_PER_USER", "RATELIMIT_PER_IP", "RATELIMIT_HEADERS_ENABLED",
+                 "RATELIMIT_KEY_PREFIX", "REDIS_URL", "TRUSTED_PROXY_HOPS"):
+        monkeypatch.delenv(name, raising=False)
+    config = from_environment()
+    assert {name: config[name] for name in ("RATELIMIT_ENABLED", "RATELIMIT_PER_USER", "RATELIMIT_PER_IP",
+                                            "RATELIMIT_HEADERS_ENABLED", "RATELIMIT_KEY_PREFIX", "REDIS_URL",
+                                            "TRUSTED_PROXY_HOPS")} == {
+        "RATELIMIT_ENABLED": True, "RATELIMIT_PER_USER": "1800 per minute", "RATELIMIT_PER_IP": "6000 per minute",
+        "RATELIMIT_HEADERS_ENABLED": True, "RATELIMIT_KEY_PREFIX": "todo-api", "REDIS_URL": None,
+        "TRUSTED_PROXY_HOPS": 0,
+    }
+
+
+@sqlite_only
+@pytest.mark.parametrize("setting", ["RATELIMIT_PER_USER", "RATELIMIT_PER_IP"])
+def test_a_malformed_limit_names_its_setting(limited, setting):
+    with pytest.raises(RuntimeError, match=setting):
+        limited(**{setting: "lots per fortnight"})
+
+
+# -- Redis -----------------------------------------------------------------------
+
+
+@sqlite_only
+def test_two_workers_on_one_redis_share_the_limit(limited, auth, redis_prefix):
+    settings = {"REDIS_URL": REDIS_URL, "RATELIMIT_KEY_PREFIX": redis_prefix, "RATELIMIT_PER_USER": "4 per day"}
+    first, second = limited(**settings).test_client(), limited(**settings).test_client()
+    remaining = []
+    for client in (first, second, first, second):
+        response = client.get("/api/tasks", headers=auth)
+        assert response.status_code == 200
+        remaining.append(response.headers["X-RateLimit-Remaining"])
+    assert remaining == ["3", "2", "1", "0"]
+    assert first.get("/api/tasks", headers=auth).status_code == 429
+    assert second.get("/api/tasks", headers=auth).status_code == 429
+    keys = redis_keys(redis_prefix)
+    assert len(keys) == 2
+    assert [key.split("/")[1] for key in keys] == ["ip", "user"]
+
+
+@sqlite_only
+def test_an_unreachable_redis_does_not_break_requests(limited, auth):
+    """Counting falls back to memory at once; no request waits for Redis or fails."""
+    app = limited(REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0", RATELIMIT_PER_USER="3 per day")
+    client = app.test_client()
+    started = time.monotonic()
+    statuses = [client.get("/api/tasks", headers=auth).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    assert client.get("/health").status_code == 200
+    assert time.monotonic() - started < 2  # no retries with backoff against a dead server
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of this test's own, which it may stop."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is needed for this test")
+    port = closed_port()
+    process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    yield url, process
+    if process.poll() is None:
+        process.terminate()
+    process.wait(timeout=10)
+
+
+@sqlite_only
+def test_redis_going_down_while_serving_does_not_break_requests(limited, auth, private_redis):
+    url, process = private_redis
+    client = limited(REDIS_URL=url, RATELIMIT_PER_USER="3 per day").test_client()
+    assert client.get("/api/tasks", headers=auth).status_code == 200
+    assert redis.Redis.from_url(url).dbsize() == 2  # counted in Redis
+    process.terminate()
+    process.wait(timeout=10)
+    # Memory counts from zero: the fallback keeps limiting, per worker.
+    statuses = [client.get("/api/tasks", headers=auth).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]

@@ -292,7 +292,8 @@ def test_etag_is_exposed_to_the_browser(client, auth, create_task):
     task = create_task()
     response = client.get(f"/api/tasks/{task['id']}", headers={**auth, "Origin": "http://localhost:3000"})
     exposed = {name.strip().lower() for name in response.headers["Access-Control-Expose-Headers"].split(",")}
-    assert exposed == {"etag", "idempotent-replayed"}
+    assert exposed == {"etag", "idempotent-replayed", "x-ratelimit-limit", "x-ratelimit-remaining",
+                       "x-ratelimit-reset", "retry-after"}
 
 
 class StatementLog:

@@ -220,7 +220,8 @@ def test_429_is_json_with_retry_after_and_cors_headers(limited, auth):
     # The browser lets the frontend read the response, and these headers.
     assert refused.headers["Access-Control-Allow-Origin"] == FRONTEND
     exposed = {name.strip() for name in refused.headers["Access-Control-Expose-Headers"].split(",")}
-    assert exposed == {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"}
+    assert exposed == {"ETag", "Idempotent-Replayed", "X-RateLimit-Limit", "X-RateLimit-Remaining",
+                       "X-RateLimit-Reset", "Retry-After"}
 
 
 @sqlite_only

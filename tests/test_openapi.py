@@ -101,7 +101,7 @@ def test_errors_are_documented_where_they_can_happen(document):
     }
     assert responses[("GET", "/api/tasks")] == {"200", "401", "405", "422", "429", "503"}
     assert responses[("POST", "/api/tasks")] == {"200", "400", "401", "405", "413", "415", "422", "429", "503"}
-    assert responses[("GET", SINGLE_TASK)] == {"200", "401", "404", "405", "429", "503"}
+    assert responses[("GET", SINGLE_TASK)] == {"200", "304", "401", "404", "405", "429", "503"}
     assert responses[("PUT", SINGLE_TASK)] == {
         "200", "400", "401", "404", "405", "412", "413", "415", "422", "429", "503"}
     assert responses[("DELETE", SINGLE_TASK)] == {"200", "401", "404", "405", "412", "415", "429", "503"}

@@ -112,6 +112,13 @@ PARAMETERS = {
         "description": "Change the task only if its current `ETag` is one of these; 412 otherwise.",
         "schema": {"type": "string"},
     },
+    "IfNoneMatch": {
+        "in": "header",
+        "name": "If-None-Match",
+        "required": False,
+        "description": "Answer 304 without a body while the task's current `ETag` is one of these.",
+        "schema": {"type": "string"},
+    },
     "IdempotencyKey": {
         "in": "header",
         "name": "Idempotency-Key",
@@ -121,7 +128,8 @@ PARAMETERS = {
     },
 }
 
-ETAG = {"ETag": {"description": "The task's current version, for `If-Match`.", "schema": {"type": "string"}}}
+ETAG = {"ETag": {"description": "The task's current version, for `If-Match`.", "required": True,
+                 "schema": {"type": "string"}}}
 
 SECURITY_SCHEMES = {
     "bearerAuth": {
@@ -242,7 +250,9 @@ OPERATIONS = {
     }, body=True),
     "tasks.get_task": api({
         "summary": "Get a task",
-        "responses": {"200": TASK},
+        "parameters": ["IfNoneMatch"],
+        "responses": {"200": TASK, "304": {"description": "Not modified: the task is still at that version.",
+                                           "headers": ETAG}},
     }, task=True),
     "tasks.update_task": api({
         "summary": "Update a task",

@@ -7,7 +7,9 @@ Postgres is found through TEST_POSTGRES_URL, by default the local server's
 """
 import os
 import shutil
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -169,3 +171,22 @@ def create_task(client, auth):
         return response.get_json()["data"]
 
     return create
+
+
+@pytest.fixture
+def concurrently(app):
+    """`concurrently(request, threads)`: run `request(client)` from that many threads at once, each with its own
+    test client, released together by a barrier; returns the responses."""
+
+    def run_all(request, threads):
+        barrier = threading.Barrier(threads, timeout=30)
+
+        def run(_):
+            client = app.test_client()
+            barrier.wait()
+            return request(client)
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return list(pool.map(run, range(threads)))
+
+    return run_all

@@ -1,7 +1,5 @@
 """ETags on one-task responses; If-Match makes writes conditional, atomically; If-None-Match on a read."""
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -251,39 +249,29 @@ def test_updated_at_advances_even_when_the_clock_does_not(app, client, auth, cre
     assert response.headers["ETag"] != tag
 
 
-def concurrently(app, request):
-    barrier = threading.Barrier(THREADS, timeout=30)
-
-    def run(_):
-        client = app.test_client()
-        barrier.wait()
-        return request(client)
-
-    with ThreadPoolExecutor(max_workers=THREADS) as pool:
-        return list(pool.map(run, range(THREADS)))
-
 
 @pytest.mark.parametrize("write", WRITES.values(), ids=WRITES.keys())
-def test_concurrent_writes_with_one_etag_apply_exactly_once(app, client, auth, create_task, write):
+def test_concurrent_writes_with_one_etag_apply_exactly_once(concurrently, app, client, auth, create_task, write):
     task = create_task(remind_at="2030-01-01T00:00:00Z")
     _, tag = fetch(client, auth, task["id"])
-    responses = concurrently(app, lambda c: send(c, auth, task["id"], write, **{"If-Match": tag}))
+    responses = concurrently(lambda c: send(c, auth, task["id"], write, **{"If-Match": tag}), THREADS)
     assert Counter(response.status_code for response in responses) == {200: 1, 412: THREADS - 1}
 
 
-def test_concurrent_deletes_with_one_etag_delete_once(app, client, auth, create_task):
+def test_concurrent_deletes_with_one_etag_delete_once(concurrently, app, client, auth, create_task):
     task = create_task()
     _, tag = fetch(client, auth, task["id"])
-    responses = concurrently(app, lambda c: c.delete(f"/api/tasks/{task['id']}", headers={**auth, "If-Match": tag}))
+    headers = {**auth, "If-Match": tag}
+    responses = concurrently(lambda c: c.delete(f"/api/tasks/{task['id']}", headers=headers), THREADS)
     # The losers find the task gone, not changed.
     assert Counter(response.status_code for response in responses) == {200: 1, 404: THREADS - 1}
 
 
-def test_concurrent_toggles_of_a_recurring_task_with_one_etag_complete_it_once(app, client, auth, create_task):
+def test_concurrent_toggles_of_a_recurring_task_with_one_etag_complete_it_once(concurrently, app, client, auth, create_task):
     task = create_task(due_date="2030-01-01T09:00:00Z", recurrence_pattern="daily")
     _, tag = fetch(client, auth, task["id"])
     headers = {**auth, "If-Match": tag}
-    responses = concurrently(app, lambda c: c.patch(f"/api/tasks/{task['id']}/complete", headers=headers))
+    responses = concurrently(lambda c: c.patch(f"/api/tasks/{task['id']}/complete", headers=headers), THREADS)
     assert Counter(response.status_code for response in responses) == {200: 1, 412: THREADS - 1}
     assert count_tasks(client, auth) == 2
 

@@ -1,6 +1,4 @@
 """Idempotency-Key on POST /api/tasks: retries create one task and get the first answer back."""
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -110,16 +108,8 @@ def test_different_keys_create_different_tasks(client, auth):
     assert len(listed(client, auth)) == 2
 
 
-def test_concurrent_creates_with_one_key_create_one_task(app, client, auth):
-    barrier = threading.Barrier(THREADS, timeout=30)
-
-    def run(_):
-        test_client = app.test_client()
-        barrier.wait()
-        return post(test_client, auth, {"title": "Once"}, "concurrent-key")
-
-    with ThreadPoolExecutor(max_workers=THREADS) as pool:
-        responses = list(pool.map(run, range(THREADS)))
+def test_concurrent_creates_with_one_key_create_one_task(client, auth, concurrently):
+    responses = concurrently(lambda c: post(c, auth, {"title": "Once"}, "concurrent-key"), THREADS)
     assert [response.status_code for response in responses] == [200] * THREADS
     assert len({response.data for response in responses}) == 1
     assert sum("Idempotent-Replayed" not in response.headers for response in responses) == 1

@@ -120,8 +120,7 @@ def init_app(app):
     app.extensions["todo_api.limit_user"] = limiter.shared_limit(
         user_limit, scope="user", key_func=user_key, error_message=user_message
     )(per_user)
-    if config["RATELIMIT_HEADERS_ENABLED"]:
-        app.after_request(rate_limit_headers)
+    app.after_request(rate_limit_headers)
 
 
 def limit_user():
@@ -149,9 +148,10 @@ def rate_limit_headers(response):
         log.warning("rate limit headers skipped: %s", type(error).__name__)
         return response
     headers = response.headers
-    headers["X-RateLimit-Limit"] = str(limit.limit.amount)
-    headers["X-RateLimit-Remaining"] = str(remaining)
-    headers["X-RateLimit-Reset"] = str(reset_at)
+    if current_app.config["RATELIMIT_HEADERS_ENABLED"]:
+        headers["X-RateLimit-Limit"] = str(limit.limit.amount)
+        headers["X-RateLimit-Remaining"] = str(remaining)
+        headers["X-RateLimit-Reset"] = str(reset_at)
     if limit.breached:
         headers["Retry-After"] = str(max(1, reset_at - int(time.time())))
     return response

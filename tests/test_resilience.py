@@ -55,3 +55,32 @@ def test_a_statement_past_the_timeout_is_503_not_a_stuck_worker(make_app, auth, 
         with engine.connect() as connection:
             connection.execute(text("DROP TRIGGER slow_insert ON task"))
             connection.execute(text("DROP FUNCTION slow_session_check()"))
+
+
+def test_a_connection_lost_inside_a_transaction_is_503_and_the_retry_creates_once(app, client, auth):
+    """The backend dies between the key's claim and the task's insert: nothing was committed, the answer is a
+    503 (never a 500 from ending a transaction on a dead connection), and the retry with the key creates it."""
+    engine = app.extensions["todo_api.engine"]
+    with engine.connect() as connection:
+        connection.execute(text(
+            "CREATE OR REPLACE FUNCTION lose_connection() RETURNS trigger AS $$ BEGIN "
+            "IF NEW.title = 'doomed' AND NOT EXISTS (SELECT FROM pg_tables WHERE tablename = 'reprieve') THEN "
+            "PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN NEW; END $$ LANGUAGE plpgsql"))
+        connection.execute(text("CREATE TRIGGER lose_connection BEFORE INSERT ON task "
+                                "FOR EACH ROW EXECUTE FUNCTION lose_connection()"))
+    headers = {**auth, "Idempotency-Key": "lost-connection"}
+    try:
+        lost = client.post("/api/tasks", headers=headers, json={"title": "doomed"})
+        assert (lost.status_code, lost.get_json(), lost.headers["Retry-After"]) == (
+            503, {"detail": "Service temporarily unavailable"}, "5")
+        assert client.get("/api/tasks", headers=auth).get_json() == {"data": []}
+        with engine.connect() as connection:
+            connection.execute(text("CREATE TABLE reprieve ()"))
+        retried = client.post("/api/tasks", headers=headers, json={"title": "doomed"})
+        assert (retried.status_code, "Idempotent-Replayed" in retried.headers) == (200, False)
+        assert [task["title"] for task in client.get("/api/tasks", headers=auth).get_json()["data"]] == ["doomed"]
+    finally:
+        with engine.connect() as connection:
+            connection.execute(text("DROP TRIGGER lose_connection ON task"))
+            connection.execute(text("DROP FUNCTION lose_connection()"))
+            connection.execute(text("DROP TABLE IF EXISTS reprieve"))

@@ -152,7 +152,8 @@ def transaction(connection):
     try:
         yield connection
     except BaseException:
-        connection.exec_driver_sql("ROLLBACK")
+        if not connection.invalidated:  # a dropped connection has no transaction left to end
+            connection.exec_driver_sql("ROLLBACK")
         raise
     connection.exec_driver_sql("COMMIT")
 

@@ -21,6 +21,7 @@ from flask import Blueprint, current_app, render_template_string, send_from_dire
 from .schemas import (
     ChangedTaskEnvelopeSchema,
     CommaList,
+    CompletionSchema,
     DeletedEnvelopeSchema,
     ErrorSchema,
     ListQuerySchema,
@@ -32,7 +33,6 @@ from .schemas import (
     TaskListEnvelopeSchema,
     TaskSchema,
     TaskUpdateSchema,
-    CompletionSchema,
 )
 
 bp = Blueprint("openapi", __name__)
@@ -55,11 +55,10 @@ def error(description, headers=None):
 
 RATE_LIMIT_HEADERS = {
     name: {"description": description, "schema": {"type": "integer", "minimum": 0}}
-    for prefix in ("", "X-")
     for name, description in (
-        (f"{prefix}RateLimit-Limit", "Requests allowed in the window."),
-        (f"{prefix}RateLimit-Remaining", "Requests left in the window."),
-        (f"{prefix}RateLimit-Reset", "Seconds until the window resets."),
+        ("X-RateLimit-Limit", "Requests allowed in the window of the limit that applied."),
+        ("X-RateLimit-Remaining", "Requests left in that window."),
+        ("X-RateLimit-Reset", "When that window ends, in seconds since the Unix epoch."),
     )
 }
 

@@ -23,12 +23,12 @@ seconds, spreading the requests across all users' sessions:
     mix     70% list, 10% create, 10% toggle, 10% update
 
 Tasks created by a scenario are deleted after it and the table is vacuumed
-after every scenario that writes, so every scenario sees the same lists. For each scenario it prints requests/s, p50 and p99 latency, the
-non-2xx responses and socket errors, and the reference backend's figures where
-known. Then: the database ceiling of the list scenario (pgbench running the
-SQL the service sends for one list request, with as many connections) and
-the ratio of the two; and the peak resident memory (VmHWM) of each gunicorn
-worker. Exits with status 1 if any request failed.
+after every scenario that writes, so every scenario sees the same lists. For
+each scenario it prints requests/s, p50 and p99 latency, the non-2xx responses
+and socket errors, and the reference backend's figures where known. Then:
+the database ceiling of the list scenario (pgbench running the SQL the
+service sends for one list request, with as many connections) and the ratio
+of the two; and the peak resident memory (VmHWM) of each gunicorn worker. Exits with status 1 if any request failed.
 
 Needs wrk (installed with apt-get when missing and run as root) and pgbench.
 """

@@ -192,7 +192,8 @@ def test_better_auth_made_its_own_tables_beside_ours(todo, database_url):
     engine = create_engine(normalize_url(database_url))
     with engine.connect() as connection:
         tables = connection.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars()
-        assert sorted(tables) == ["account", "alembic_version", "idempotency_key", "session", "task", "user", "verification"]
+        assert sorted(tables) == [
+            "account", "alembic_version", "idempotency_key", "session", "task", "user", "verification"]
     engine.dispose()
 
 

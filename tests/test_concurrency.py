@@ -5,7 +5,7 @@ THREADS = 20
 
 
 
-def test_concurrent_toggles_lose_no_update(concurrently, app, client, auth, create_task):
+def test_concurrent_toggles_lose_no_update(concurrently, client, auth, create_task):
     task_id = create_task()["id"]
     responses = concurrently(lambda c: c.patch(f"/api/tasks/{task_id}/complete", headers=auth), THREADS)
     assert [response.status_code for response in responses] == [200] * THREADS
@@ -14,7 +14,7 @@ def test_concurrent_toggles_lose_no_update(concurrently, app, client, auth, crea
     assert client.get(f"/api/tasks/{task_id}", headers=auth).get_json()["data"]["completed"] is False
 
 
-def test_concurrent_creates_get_distinct_ids(concurrently, app, client, auth):
+def test_concurrent_creates_get_distinct_ids(concurrently, client, auth):
     responses = concurrently(lambda c: c.post("/api/tasks", headers=auth, json={"title": "parallel"}), THREADS)
     assert [response.status_code for response in responses] == [200] * THREADS
     ids = {response.get_json()["data"]["id"] for response in responses}

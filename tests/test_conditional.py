@@ -251,14 +251,14 @@ def test_updated_at_advances_even_when_the_clock_does_not(app, client, auth, cre
 
 
 @pytest.mark.parametrize("write", WRITES.values(), ids=WRITES.keys())
-def test_concurrent_writes_with_one_etag_apply_exactly_once(concurrently, app, client, auth, create_task, write):
+def test_concurrent_writes_with_one_etag_apply_exactly_once(concurrently, client, auth, create_task, write):
     task = create_task(remind_at="2030-01-01T00:00:00Z")
     _, tag = fetch(client, auth, task["id"])
     responses = concurrently(lambda c: send(c, auth, task["id"], write, **{"If-Match": tag}), THREADS)
     assert Counter(response.status_code for response in responses) == {200: 1, 412: THREADS - 1}
 
 
-def test_concurrent_deletes_with_one_etag_delete_once(concurrently, app, client, auth, create_task):
+def test_concurrent_deletes_with_one_etag_delete_once(concurrently, client, auth, create_task):
     task = create_task()
     _, tag = fetch(client, auth, task["id"])
     headers = {**auth, "If-Match": tag}
@@ -267,7 +267,7 @@ def test_concurrent_deletes_with_one_etag_delete_once(concurrently, app, client,
     assert Counter(response.status_code for response in responses) == {200: 1, 404: THREADS - 1}
 
 
-def test_concurrent_toggles_of_a_recurring_task_with_one_etag_complete_it_once(concurrently, app, client, auth, create_task):
+def test_concurrent_toggles_of_a_recurring_task_with_one_etag_complete_it_once(concurrently, client, auth, create_task):
     task = create_task(due_date="2030-01-01T09:00:00Z", recurrence_pattern="daily")
     _, tag = fetch(client, auth, task["id"])
     headers = {**auth, "If-Match": tag}

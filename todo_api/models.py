@@ -226,6 +226,14 @@ def _refuse(db, user_id, task_id, versions):
     raise NoSuchTask()
 
 
+def _written(db, statement, user_id, task_id, versions, **params):
+    """A one-task write that has no slow path: its row, or 412/404 saying why there is none."""
+    row = _write(db, statement, user_id, task_id, versions, **params)
+    if row is None:
+        _refuse(db, user_id, task_id, versions)
+    return row
+
+
 def _check_version(row, versions):
     if versions is not None and row.updated_at not in versions:
         raise StaleTask()
@@ -260,15 +268,11 @@ def get_task(db, user_id, task_id):
 
 
 def delete_task(db, user_id, task_id, versions=None):
-    if _write(db, _DELETE, user_id, task_id, versions) is None:
-        _refuse(db, user_id, task_id, versions)
+    _written(db, _DELETE, user_id, task_id, versions)
 
 
 def mark_reminder_sent(db, user_id, task_id, versions=None):
-    row = _write(db, _MARK_REMINDED, user_id, task_id, versions, now=utcnow())
-    if row is None:
-        _refuse(db, user_id, task_id, versions)
-    return row
+    return _written(db, _MARK_REMINDED, user_id, task_id, versions, now=utcnow())
 
 
 def toggle_task(db, user_id, task_id, versions=None):

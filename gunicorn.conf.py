@@ -1,4 +1,5 @@
 """gunicorn settings, from the environment (see the README's configuration table)."""
+
 import os
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"

@@ -9,6 +9,7 @@ with `Connection: close`) and then closes its listening socket at once, so a
 client that connects afterwards is refused before it sends anything and can
 safely retry elsewhere.
 """
+
 import errno
 
 from gunicorn.workers.gthread import TConn, ThreadWorker

@@ -32,6 +32,7 @@ of the two; and the peak resident memory (VmHWM) of each gunicorn worker. Exits 
 
 Needs wrk (installed with apt-get when missing and run as root) and pgbench.
 """
+
 import argparse
 import glob
 import http.client
@@ -76,8 +77,28 @@ REFERENCE = {
 }
 ALPHANUMERIC = string.ascii_letters + string.digits
 FIRST_USER_NUMBER = 1_000_000_000  # session tokens end in a 10-digit user number
-WORDS = ("review", "report", "call", "plumber", "write", "slides", "pay", "invoice", "book", "flight",
-         "renew", "passport", "plan", "roadmap", "fix", "bicycle", "order", "groceries", "clean", "garage")
+WORDS = (
+    "review",
+    "report",
+    "call",
+    "plumber",
+    "write",
+    "slides",
+    "pay",
+    "invoice",
+    "book",
+    "flight",
+    "renew",
+    "passport",
+    "plan",
+    "roadmap",
+    "fix",
+    "bicycle",
+    "order",
+    "groceries",
+    "clean",
+    "garage",
+)
 PRIORITIES = ("low", "medium", "high")
 TAGS = ("work", "home", "urgent", "weekend", "q3", "errands")
 
@@ -94,14 +115,22 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=100, help="users, each with a session (default: %(default)s)")
     parser.add_argument("--tasks-per-user", type=int, default=20, help="default: %(default)s")
-    parser.add_argument("--connections", type=int, default=16,
-                        help="wrk connections, and pgbench clients for the ceiling (default: %(default)s)")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=16,
+        help="wrk connections, and pgbench clients for the ceiling (default: %(default)s)",
+    )
     parser.add_argument("--duration", type=int, default=10, help="seconds per scenario (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="wrk and pgbench threads (default: %(default)s)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help="comma-separated subset, run in this order (default: all)")
-    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                        help="a database used only to create and drop the throwaway one (default: %(default)s)")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="comma-separated subset, run in this order (default: all)"
+    )
+    parser.add_argument(
+        "--admin-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="a database used only to create and drop the throwaway one (default: %(default)s)",
+    )
     args = parser.parse_args()
     args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = sorted(set(args.scenarios) - set(SCENARIOS))
@@ -247,7 +276,11 @@ def gunicorn_settings(env):
 def start_gunicorn(env, log):
     return subprocess.Popen(
         [os.path.join(BIN, "gunicorn"), "--config", "gunicorn.conf.py", "wsgi:app"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -317,9 +350,15 @@ def create_tasks(port, users, per_user, concurrency):
             local.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         title = f"{WORDS[rng.randrange(len(WORDS))].capitalize()} {WORDS[rng.randrange(len(WORDS))]} #{number}"
         body = {"title": title, "priority": PRIORITIES[number % 3], "tags": rng.sample(TAGS, number % 3)}
-        local.connection.request("POST", "/api/tasks", json.dumps(body), {
-            "Authorization": f"Bearer {users[index][1]}", "Content-Type": "application/json",
-        })
+        local.connection.request(
+            "POST",
+            "/api/tasks",
+            json.dumps(body),
+            {
+                "Authorization": f"Bearer {users[index][1]}",
+                "Content-Type": "application/json",
+            },
+        )
         response = local.connection.getresponse()
         answer = response.read()
         if response.status != 200:
@@ -337,7 +376,7 @@ def create_tasks(port, users, per_user, concurrency):
 def write_users_lua(path, users, tasks):
     with open(path, "w") as file:
         file.write("return {\n")
-        for (_, token), ids in zip(users, tasks):
+        for (_, token), ids in zip(users, tasks, strict=True):
             file.write(f'  {{token = "{token}", tasks = {{{", ".join(map(str, ids))}}}}},\n')
         file.write("}\n")
 
@@ -346,9 +385,23 @@ def write_users_lua(path, users, tasks):
 
 
 def run_wrk(wrk, base_url, scenario, users_lua, args):
-    command = [wrk, "--threads", str(args.threads), "--connections", str(args.connections),
-               "--duration", f"{args.duration}s", "--timeout", "5s", "--script", WRK_SCRIPT,
-               base_url, "--", scenario, users_lua]
+    command = [
+        wrk,
+        "--threads",
+        str(args.threads),
+        "--connections",
+        str(args.connections),
+        "--duration",
+        f"{args.duration}s",
+        "--timeout",
+        "5s",
+        "--script",
+        WRK_SCRIPT,
+        base_url,
+        "--",
+        scenario,
+        users_lua,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + 60)
     match = re.search(r"^WRK_RESULT (.*)$", done.stdout, re.MULTILINE)
     if done.returncode != 0 or not match:
@@ -374,28 +427,46 @@ def list_ceiling_script(token_prefix):
     dialect = postgresql.psycopg2.dialect()
     token_mark, user_mark = "BenchTokenMark", "BenchUserMark"
     lookup = session_lookup(app.config).params(token=token_mark)
-    page = listing.list_statement(user_mark, list_query_schema.load({}), "postgresql",
-                                  app.extensions["todo_api.cursors"])
-    lookup_sql, page_sql = (str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
-                            for statement in (lookup, page))
+    page = listing.list_statement(
+        user_mark, list_query_schema.load({}), "postgresql", app.extensions["todo_api.cursors"]
+    )
+    lookup_sql, page_sql = (
+        str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True})) for statement in (lookup, page)
+    )
     if lookup_sql.count(token_mark) != 1 or page_sql.count(user_mark) != 1:
         raise RuntimeError("the list statements no longer take the token and user id where expected")
     user_column = app.config["SESSION_USER_ID_COLUMN"]  # \gset names the variable after the column
     if not re.fullmatch(r"[A-Za-z0-9_]+", user_column):
         raise RuntimeError(f"pgbench cannot name a variable after the column {user_column!r}")
-    return "\n".join([
-        r"\set n :first + random(0, :users - 1)",
-        lookup_sql.replace(token_mark, token_prefix + ":n") + r" \gset",
-        page_sql.replace(user_mark, ":" + user_column) + ";",
-        "",
-    ])
+    return "\n".join(
+        [
+            r"\set n :first + random(0, :users - 1)",
+            lookup_sql.replace(token_mark, token_prefix + ":n") + r" \gset",
+            page_sql.replace(user_mark, ":" + user_column) + ";",
+            "",
+        ]
+    )
 
 
 def run_pgbench(pgbench, database_url, script_path, users, args):
-    command = [pgbench, "--no-vacuum", "--protocol=simple", "--client", str(args.connections),
-               "--jobs", str(args.threads), "--time", str(args.duration),
-               "--define", f"first={FIRST_USER_NUMBER}", "--define", f"users={users}",
-               "--file", script_path, database_url]
+    command = [
+        pgbench,
+        "--no-vacuum",
+        "--protocol=simple",
+        "--client",
+        str(args.connections),
+        "--jobs",
+        str(args.threads),
+        "--time",
+        str(args.duration),
+        "--define",
+        f"first={FIRST_USER_NUMBER}",
+        "--define",
+        f"users={users}",
+        "--file",
+        script_path,
+        database_url,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + 60)
     tps = re.search(r"^tps = ([\d.]+)", done.stdout, re.MULTILINE)
     latency = re.search(r"^latency average = ([\d.]+) ms", done.stdout, re.MULTILINE)
@@ -412,19 +483,25 @@ def ms(microseconds):
     return f"{microseconds / 1000:.1f}"
 
 
-HEADER = (f"{'scenario':<9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'sock err':>9}"
-          f" | {'ref req/s':>9}{'ref p50':>8}{'ref p99':>8}{'vs ref':>8}")
+HEADER = (
+    f"{'scenario':<9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'sock err':>9}"
+    f" | {'ref req/s':>9}{'ref p50':>8}{'ref p99':>8}{'vs ref':>8}"
+)
 
 
 def scenario_line(name, result):
-    line = (f"{name:<9}{result['rps']:>9.1f}{ms(result['p50_us']):>9}{ms(result['p99_us']):>9}"
-            f"{result['non2xx']:>9}{result['socket_errors']:>9}")
+    line = (
+        f"{name:<9}{result['rps']:>9.1f}{ms(result['p50_us']):>9}{ms(result['p99_us']):>9}"
+        f"{result['non2xx']:>9}{result['socket_errors']:>9}"
+    )
     reference = REFERENCE.get(name)
     if reference is None:
         return line + f" | {'-':>9}{'-':>8}{'-':>8}{'-':>8}"
     rps, p50, p99 = reference
-    return line + (f" | {rps:>9}{p50 if p50 is not None else '-':>8}{p99 if p99 is not None else '-':>8}"
-                   f"{result['rps'] / rps:>7.2f}x")
+    return line + (
+        f" | {rps:>9}{p50 if p50 is not None else '-':>8}{p99 if p99 is not None else '-':>8}"
+        f"{result['rps'] / rps:>7.2f}x"
+    )
 
 
 def main():
@@ -443,13 +520,21 @@ def main():
         gunicorn = None
         try:
             env = service_environment(database_url, free_port())
-            subprocess.run([os.path.join(BIN, "flask"), "--app", "todo_api", "init-db", "--auth-tables"],
-                           cwd=REPO, env=env, check=True, capture_output=True)
+            subprocess.run(
+                [os.path.join(BIN, "flask"), "--app", "todo_api", "init-db", "--auth-tables"],
+                cwd=REPO,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
             users, token_prefix = insert_users(database_url, args.users)
             workers, threads = gunicorn_settings(env)
-            print(f"todo-api bench: {args.users} users x {args.tasks_per_user} tasks, {args.connections} connections, "
-                  f"{args.threads} wrk threads, {args.duration} s per scenario; gunicorn {workers} workers x "
-                  f"{threads} threads (gthread), {os.cpu_count()} CPUs; database {name}", flush=True)
+            print(
+                f"todo-api bench: {args.users} users x {args.tasks_per_user} tasks, {args.connections} connections, "
+                f"{args.threads} wrk threads, {args.duration} s per scenario; gunicorn {workers} workers x "
+                f"{threads} threads (gthread), {os.cpu_count()} CPUs; database {name}",
+                flush=True,
+            )
             print(f"rate limits: {rate_limit_description(env)}", flush=True)
 
             log_path = os.path.join(work, "gunicorn.log")
@@ -463,8 +548,11 @@ def main():
             users_lua = os.path.join(work, "users.lua")
             write_users_lua(users_lua, users, tasks)
             (last_seeded,) = sql(database_url, "VACUUM ANALYZE", "SELECT max(id) FROM task")
-            print(f"created {args.users * args.tasks_per_user} tasks through the API in "
-                  f"{time.monotonic() - started:.1f} s\n", flush=True)
+            print(
+                f"created {args.users * args.tasks_per_user} tasks through the API in "
+                f"{time.monotonic() - started:.1f} s\n",
+                flush=True,
+            )
 
             print(HEADER)
             results = {}
@@ -488,10 +576,14 @@ def main():
                         file.write(list_ceiling_script(token_prefix))
                     tps, latency, failed = run_pgbench(pgbench, database_url, script_path, args.users, args)
                     failures += failed
-                    print(f"database ceiling for list (pgbench: session lookup + list SQL, {args.connections} "
-                          f"clients, {args.duration} s): {tps:.1f} tps, latency avg {latency} ms, {failed} failed")
-                    print(f"list req/s / pgbench tps = {results['list']['rps']:.1f} / {tps:.1f} = "
-                          f"{results['list']['rps'] / tps:.3f}")
+                    print(
+                        f"database ceiling for list (pgbench: session lookup + list SQL, {args.connections} "
+                        f"clients, {args.duration} s): {tps:.1f} tps, latency avg {latency} ms, {failed} failed"
+                    )
+                    print(
+                        f"list req/s / pgbench tps = {results['list']['rps']:.1f} / {tps:.1f} = "
+                        f"{results['list']['rps'] / tps:.3f}"
+                    )
 
             print("\npeak resident memory (VmHWM) of each gunicorn worker:")
             for pid in worker_pids(gunicorn.pid):

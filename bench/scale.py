@@ -13,6 +13,7 @@ Usage:
     .venv/bin/python bench/scale.py [--sizes 100,10000,100000] [--repeat 50]
         [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
 """
+
 import argparse
 import os
 import statistics
@@ -35,7 +36,8 @@ COMMON_WORD = "quarterly"  # in the title of every 100th task
 RARE_WORD = "zeppelin"  # in the description of five tasks of each user
 WARMUPS = 5
 
-FILL = text("""
+FILL = text(
+    """
     WITH words AS (
         SELECT ARRAY['review', 'write', 'call', 'fix', 'plan', 'book', 'clean', 'send', 'update', 'prepare',
                      'order', 'renew', 'check', 'organise', 'pay', 'schedule', 'draft', 'sort', 'test', 'buy']
@@ -70,7 +72,8 @@ FILL = text("""
            CASE WHEN r < 0.4 THEN NULL ELSE created + random() * interval '60 days' END,
            false
     FROM rows
-""".replace(":common", COMMON_WORD).replace(":rare", RARE_WORD))
+""".replace(":common", COMMON_WORD).replace(":rare", RARE_WORD)
+)
 
 
 MATCHES = text("SELECT count(*) FROM task WHERE user_id = :u AND (title ILIKE :p OR description ILIKE :p)")
@@ -80,8 +83,11 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,10000,100000", help="task counts (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=50, help="timed requests per scenario (default: %(default)s)")
-    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
-                        help="a database used only to create and drop the throwaway one")
+    parser.add_argument(
+        "--admin-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="a database used only to create and drop the throwaway one",
+    )
     args = parser.parse_args()
     args.sizes = sorted(int(size.replace("_", "")) for size in args.sizes.split(","))
     return args
@@ -147,10 +153,15 @@ def run(url, args):
             for size in args.sizes:
                 started = time.perf_counter()
                 fill(connection, user_id, size)
-                counts = [connection.execute(MATCHES, {"u": user_id, "p": f"%{word}%"}).scalar()
-                          for word in (COMMON_WORD, RARE_WORD)]
-                print(f"filled {size:,} tasks (+{size:,} of other users) in {time.perf_counter() - started:.1f} s; "
-                      f"'{COMMON_WORD}' in {counts[0]} of them, '{RARE_WORD}' in {counts[1]}", flush=True)
+                counts = [
+                    connection.execute(MATCHES, {"u": user_id, "p": f"%{word}%"}).scalar()
+                    for word in (COMMON_WORD, RARE_WORD)
+                ]
+                print(
+                    f"filled {size:,} tasks (+{size:,} of other users) in {time.perf_counter() - started:.1f} s; "
+                    f"'{COMMON_WORD}' in {counts[0]} of them, '{RARE_WORD}' in {counts[1]}",
+                    flush=True,
+                )
                 middle = middle_cursor(app, connection, user_id, size)
                 scenarios = {
                     "first page (limit=50)": "/api/tasks?limit=50",
@@ -180,8 +191,10 @@ def report(results, sizes):
     for name in names[:2]:
         ratio = large[name][0] / small[name][0]
         verdict = "PASS" if ratio <= 2 else "FAIL"
-        print(f"{verdict}: {name} within 2x from {sizes[0]:,} to {sizes[-1]:,} rows: "
-              f"{small[name][0]:.1f} -> {large[name][0]:.1f} ms ({ratio:.2f}x)")
+        print(
+            f"{verdict}: {name} within 2x from {sizes[0]:,} to {sizes[-1]:,} rows: "
+            f"{small[name][0]:.1f} -> {large[name][0]:.1f} ms ({ratio:.2f}x)"
+        )
     for name in names[3:5]:
         median = large[name][0]
         verdict = "PASS" if median < 50 else "FAIL"

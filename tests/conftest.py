@@ -5,12 +5,13 @@ made for this run and dropped after it) and on SQLite (a file per test).
 Postgres is found through TEST_POSTGRES_URL, by default the local server's
 `postgres` database, which is only used to create and drop the throwaway one.
 """
+
 import os
 import shutil
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import create_engine, delete, select, text, update
@@ -151,7 +152,7 @@ def user_id_of(app, token):
 
 def expire_session(app, token):
     sessions = sessions_of(app)
-    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    past = datetime.now(UTC) - timedelta(seconds=1)
     with get_engine(app).begin() as connection:
         connection.execute(update(sessions).where(sessions.c.token == token).values(expiresAt=past))
 

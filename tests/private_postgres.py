@@ -5,6 +5,7 @@ lives in a temporary directory, listens on a free loopback port and is removed
 afterwards. Postgres refuses to run as root, so when the tests run as root
 (as in CI) the server's commands run as the `postgres` OS user.
 """
+
 import os
 import pwd
 import shutil
@@ -54,7 +55,11 @@ class PrivateCluster:
     def _run(self, tool, *args):
         subprocess.run(
             [os.path.join(POSTGRES_BIN, tool), *args],
-            cwd=self.root, check=True, capture_output=True, timeout=60, **self._as,
+            cwd=self.root,
+            check=True,
+            capture_output=True,
+            timeout=60,
+            **self._as,
         )
 
     def _pg_ctl(self, action, *args):

@@ -1,11 +1,12 @@
 """Authentication: Better Auth sessions, in every form a client may hold them."""
+
 import logging
 from datetime import timedelta
 from urllib.parse import quote
 
 import pytest
-
 from conftest import SECRET, base_config, delete_session, expire_session
+
 from todo_api import create_app
 from todo_api.auth import sign
 

@@ -12,6 +12,7 @@ next request after Better Auth signs the session out.
 The Node modules are installed with `npm ci` on the first run (and again when
 the lock file changes); without `node` and `npm` these tests are skipped.
 """
+
 import hashlib
 import json
 import os
@@ -27,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import ADMIN_URL, SECRET, base_config
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from conftest import ADMIN_URL, SECRET, base_config
 from todo_api import create_app
 from todo_api.database import get_engine, normalize_url
 from todo_api.models import create_schema
@@ -193,7 +194,14 @@ def test_better_auth_made_its_own_tables_beside_ours(todo, database_url):
     with engine.connect() as connection:
         tables = connection.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars()
         assert sorted(tables) == [
-            "account", "alembic_version", "idempotency_key", "session", "task", "user", "verification"]
+            "account",
+            "alembic_version",
+            "idempotency_key",
+            "session",
+            "task",
+            "user",
+            "verification",
+        ]
     engine.dispose()
 
 

@@ -1,4 +1,5 @@
 """Dates at the ends of the calendar: refused with a 422 or handled, never a 500."""
+
 from datetime import datetime
 
 import pytest
@@ -41,7 +42,9 @@ def test_a_series_recurs_into_the_last_year(client, auth, create_task):
     response = client.patch(f"/api/tasks/{first['id']}/complete", headers=auth)
     assert response.status_code == 200
     assert (response.get_json()["next_task"]["due_date"], response.get_json()["next_task"]["remind_at"]) == (
-        "9999-12-31T12:00:00+00:00", "9999-12-31T11:00:00+00:00")
+        "9999-12-31T12:00:00+00:00",
+        "9999-12-31T11:00:00+00:00",
+    )
 
 
 @pytest.mark.parametrize("how", ["toggle", "set", "put"])

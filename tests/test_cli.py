@@ -1,10 +1,11 @@
 """The command-line tools: `init-db` and `create-session`."""
+
 import re
 
 import pytest
+from conftest import base_config
 from sqlalchemy import func, inspect, select
 
-from conftest import base_config
 from todo_api import create_app
 from todo_api.database import get_engine
 from todo_api.models import user
@@ -41,7 +42,9 @@ def test_init_db_without_auth_tables_creates_only_the_service_tables(fresh_sqlit
     result = fresh_sqlite_app.test_cli_runner().invoke(args=["init-db", "--no-auth-tables"])
     assert (result.exit_code, result.output) == (0, "Initialized the database (sqlite).\n")
     assert set(inspect(get_engine(fresh_sqlite_app)).get_table_names()) == {
-        "alembic_version", "task", "idempotency_key",
+        "alembic_version",
+        "task",
+        "idempotency_key",
     }
 
 
@@ -49,7 +52,11 @@ def test_init_db_on_sqlite_creates_the_auth_tables_by_default(fresh_sqlite_app):
     result = fresh_sqlite_app.test_cli_runner().invoke(args=["init-db"])
     assert (result.exit_code, result.output) == (0, "Initialized the database (sqlite).\n")
     assert set(inspect(get_engine(fresh_sqlite_app)).get_table_names()) == {
-        "alembic_version", "task", "idempotency_key", "user", "session",
+        "alembic_version",
+        "task",
+        "idempotency_key",
+        "user",
+        "session",
     }
 
 

@@ -1,8 +1,8 @@
 """Concurrent requests on one task: every change is applied exactly once."""
+
 from collections import Counter
 
 THREADS = 20
-
 
 
 def test_concurrent_toggles_lose_no_update(concurrently, client, auth, create_task):

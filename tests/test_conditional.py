@@ -1,6 +1,7 @@
 """ETags on one-task responses; If-Match makes writes conditional, atomically; If-None-Match on a read."""
+
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import event, select, update
@@ -16,7 +17,7 @@ THREADS = 12
 
 
 def utcnow():
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def naive_utc(value):
@@ -176,16 +177,19 @@ def test_if_match_takes_a_list_of_etags(client, auth, create_task):
     assert (response.status_code, response.get_json()["data"]["title"]) == (200, "listed")
 
 
-@pytest.mark.parametrize("header", [
-    "W/{tag}",  # If-Match compares strongly: a weak tag never matches
-    "{tag} garbage",
-    "{unquoted}",
-    '"{unquoted}',
-    "",
-    '"1-2-3"',
-    '"99999999999999999999-1"',
-    '"{id}-99999999999999999999"',  # beyond any datetime
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "W/{tag}",  # If-Match compares strongly: a weak tag never matches
+        "{tag} garbage",
+        "{unquoted}",
+        '"{unquoted}',
+        "",
+        '"1-2-3"',
+        '"99999999999999999999-1"',
+        '"{id}-99999999999999999999"',  # beyond any datetime
+    ],
+)
 def test_a_weak_malformed_or_foreign_if_match_is_412(client, auth, create_task, header):
     task = create_task()
     before = fetch(client, auth, task["id"])
@@ -249,7 +253,6 @@ def test_updated_at_advances_even_when_the_clock_does_not(app, client, auth, cre
     assert response.headers["ETag"] != tag
 
 
-
 @pytest.mark.parametrize("write", WRITES.values(), ids=WRITES.keys())
 def test_concurrent_writes_with_one_etag_apply_exactly_once(concurrently, client, auth, create_task, write):
     task = create_task(remind_at="2030-01-01T00:00:00Z")
@@ -280,8 +283,14 @@ def test_etag_is_exposed_to_the_browser(client, auth, create_task):
     task = create_task()
     response = client.get(f"/api/tasks/{task['id']}", headers={**auth, "Origin": "http://localhost:3000"})
     exposed = {name.strip().lower() for name in response.headers["Access-Control-Expose-Headers"].split(",")}
-    assert exposed == {"etag", "idempotent-replayed", "x-ratelimit-limit", "x-ratelimit-remaining",
-                       "x-ratelimit-reset", "retry-after"}
+    assert exposed == {
+        "etag",
+        "idempotent-replayed",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "retry-after",
+    }
 
 
 class StatementLog:

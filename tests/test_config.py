@@ -1,4 +1,5 @@
 """Configuration: database URLs, environment variables and the .env file."""
+
 import os
 
 import pytest

@@ -1,14 +1,26 @@
 """The API contract the frontend relies on: paths, shapes and status codes."""
-from datetime import datetime, timedelta, timezone
+
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from conftest import user_id_of
 
 TASK_KEYS = {
-    "id", "user_id", "title", "description", "completed", "priority",
-    "category", "tags", "created_at", "updated_at",
-    "due_date", "recurrence_pattern", "is_recurring", "remind_at", "reminder_sent",
+    "id",
+    "user_id",
+    "title",
+    "description",
+    "completed",
+    "priority",
+    "category",
+    "tags",
+    "created_at",
+    "updated_at",
+    "due_date",
+    "recurrence_pattern",
+    "is_recurring",
+    "remind_at",
+    "reminder_sent",
 }
 
 
@@ -43,7 +55,7 @@ def test_new_user_has_an_empty_list(client, auth):
 
 
 def test_create_returns_the_whole_task(app, client, auth, token):
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     response = client.post(
         "/api/tasks",
         headers=auth,
@@ -67,7 +79,7 @@ def test_create_returns_the_whole_task(app, client, auth, token):
     assert task["category"] == "integration-test"
     assert task["tags"] == ["test", "integration"]
     created = parse_time(task["created_at"])
-    assert before - timedelta(seconds=1) <= created <= datetime.now(timezone.utc) + timedelta(seconds=1)
+    assert before - timedelta(seconds=1) <= created <= datetime.now(UTC) + timedelta(seconds=1)
     assert task["updated_at"] == task["created_at"]
     assert (task["due_date"], task["recurrence_pattern"], task["is_recurring"]) == (None, None, False)
     assert (task["remind_at"], task["reminder_sent"]) == (None, False)

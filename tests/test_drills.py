@@ -7,6 +7,7 @@ was answered 200 is stored, the service recovers without a restart of its own,
 and no log line holds a session token, a part of one, or a value a client sent.
 Each drill prints its figures (run pytest with -s to see them).
 """
+
 import http.client
 import json
 import logging
@@ -22,12 +23,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from werkzeug.exceptions import InternalServerError
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import DBAPIError
-
 from conftest import base_config
 from private_postgres import PrivateCluster, free_port, missing_requirement
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+from werkzeug.exceptions import InternalServerError
+
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.database import get_engine, normalize_url
@@ -50,7 +51,11 @@ def cluster():
         cluster.start()
         subprocess.run(
             [sys.executable, "-m", "flask", "--app", "todo_api", "init-db", "--auth-tables"],
-            cwd=REPO, env={**os.environ, "DATABASE_URL": cluster.url}, check=True, capture_output=True, timeout=60,
+            cwd=REPO,
+            env={**os.environ, "DATABASE_URL": cluster.url},
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
         yield cluster
     finally:
@@ -98,7 +103,7 @@ def unique_title(prefix="drill"):
 def assert_no_secrets(log_text, tokens, titles):
     """No token, no 8-character piece of one, no title a client sent."""
     for token in tokens:
-        pieces = {token[i:i + 8] for i in range(len(token) - 7)}
+        pieces = {token[i : i + 8] for i in range(len(token) - 7)}
         leaked = sorted(piece for piece in pieces if piece in log_text)
         assert not leaked, f"log holds part of a session token: {leaked[:3]}"
     leaked = [title for title in titles if title in log_text]
@@ -184,8 +189,10 @@ def test_database_stopped_every_route_is_503_then_200_when_it_is_back(cluster, s
     assert stored_titles(sql, "outage-") == {}  # nothing a 503 answered was written
     assert_no_secrets(caplog.text, [token], titles_sent(calls))
     get_engine(app).dispose()
-    print(f"\n[drill: database stopped] {len(results)} routes: 503 x {len(results)}, slowest {slowest:.3f} s; "
-          f"outage and recovery {outage:.1f} s")
+    print(
+        f"\n[drill: database stopped] {len(results)} routes: 503 x {len(results)}, slowest {slowest:.3f} s; "
+        f"outage and recovery {outage:.1f} s"
+    )
 
 
 class SilentServer:
@@ -215,8 +222,11 @@ def test_database_not_answering_is_503_within_the_connect_timeout(cluster, sessi
     token = session_on()
     silent = SilentServer()
     try:
-        app = create_app(base_config(f"postgresql://postgres@127.0.0.1:{silent.port}/postgres",
-                                     DATABASE_CONNECT_TIMEOUT=CONNECT_TIMEOUT))
+        app = create_app(
+            base_config(
+                f"postgresql://postgres@127.0.0.1:{silent.port}/postgres", DATABASE_CONNECT_TIMEOUT=CONNECT_TIMEOUT
+            )
+        )
         calls = api_calls(1, "silent")
         results = call_all_at_once(app, calls, token)
         assert_all_unavailable(results, CONNECT_TIMEOUT + MARGIN)
@@ -230,8 +240,10 @@ def test_database_not_answering_is_503_within_the_connect_timeout(cluster, sessi
         silent.close()
     assert_no_secrets(caplog.text, [token], titles_sent(calls))
     times = sorted(seconds for _, _, seconds in results)
-    print(f"\n[drill: database silent] {len(results)} routes: 503 x {len(results)} in {times[0]:.2f}-{times[-1]:.2f} s "
-          f"(connect timeout {CONNECT_TIMEOUT} s)")
+    print(
+        f"\n[drill: database silent] {len(results)} routes: 503 x {len(results)} in {times[0]:.2f}-{times[-1]:.2f} s "
+        f"(connect timeout {CONNECT_TIMEOUT} s)"
+    )
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
@@ -273,14 +285,17 @@ def test_sqlalchemy_errors_do_not_list_the_parameters_sent(app, token):
 def test_an_unexpected_database_error_is_a_500_whose_log_holds_no_value_sent(cluster, session_on, sql, caplog):
     caplog.set_level(logging.INFO)
     token = session_on()
-    sql("CREATE OR REPLACE FUNCTION drill_refuse() RETURNS trigger AS "
+    sql(
+        "CREATE OR REPLACE FUNCTION drill_refuse() RETURNS trigger AS "
         "$$ BEGIN RAISE EXCEPTION 'refused: %', NEW.title; END $$ LANGUAGE plpgsql; "
-        "CREATE OR REPLACE TRIGGER drill_refuse BEFORE INSERT ON task FOR EACH ROW EXECUTE FUNCTION drill_refuse()")
+        "CREATE OR REPLACE TRIGGER drill_refuse BEFORE INSERT ON task FOR EACH ROW EXECUTE FUNCTION drill_refuse()"
+    )
     title = unique_title("refused")
     try:
         app = create_app(base_config(cluster.url))
-        response = app.test_client().post("/api/tasks", headers={"Authorization": f"Bearer {token}"},
-                                          json={"title": title})
+        response = app.test_client().post(
+            "/api/tasks", headers={"Authorization": f"Bearer {token}"}, json={"title": title}
+        )
         get_engine(app).dispose()
     finally:
         sql("DROP TRIGGER drill_refuse ON task; DROP FUNCTION drill_refuse()")
@@ -314,7 +329,11 @@ class Service:
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [GUNICORN, "--config", "gunicorn.conf.py", "wsgi:app"],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self._wait_until_ready()
 
@@ -375,8 +394,10 @@ class WriteLoad:
             thread.join(timeout=60)
 
     def _run(self, index):
-        headers = {"Authorization": f"Bearer {self.tokens[index % len(self.tokens)]}",
-                   "Content-Type": "application/json"}
+        headers = {
+            "Authorization": f"Bearer {self.tokens[index % len(self.tokens)]}",
+            "Content-Type": "application/json",
+        }
         connection = None
         title = None
         while not self.finished.is_set():
@@ -443,9 +464,11 @@ def test_postgres_restarts_under_a_write_load_through_gunicorn(cluster, session_
     counts = load.counts()
     stored = load.assert_every_200_stored(sql)
     stored_after_503 = [title for title in load.titles(503) if title in stored]
-    print(f"\n[drill: Postgres restarted under load] answers {dict(counts)}; "
-          f"restart fast {restarts['fast']:.2f} s, immediate {restarts['immediate']:.2f} s; "
-          f"503s whose task was stored anyway: {len(stored_after_503)}")
+    print(
+        f"\n[drill: Postgres restarted under load] answers {dict(counts)}; "
+        f"restart fast {restarts['fast']:.2f} s, immediate {restarts['immediate']:.2f} s; "
+        f"503s whose task was stored anyway: {len(stored_after_503)}"
+    )
     assert set(counts) - {200, 503} == set()
     last_answers = {index: outcome for index, _, outcome, _ in load.outcomes}
     assert last_answers == {index: 200 for index in range(6)}  # recovered with no restart of the service
@@ -469,8 +492,10 @@ def test_creates_retried_with_idempotency_keys_are_stored_once_across_restarts(c
     stored = load.assert_every_200_stored(sql)
     retried = set(load.titles(503))
     duplicates = sql("SELECT title, count(*) FROM task WHERE title LIKE 'retried-%' GROUP BY title HAVING count(*) > 1")
-    print(f"\n[drill: creates retried with Idempotency-Key across restarts] answers {dict(counts)}; "
-          f"{len(retried)} creates retried after a 503; {len(stored)} tasks stored; duplicates: {len(duplicates)}")
+    print(
+        f"\n[drill: creates retried with Idempotency-Key across restarts] answers {dict(counts)}; "
+        f"{len(retried)} creates retried after a 503; {len(stored)} tasks stored; duplicates: {len(duplicates)}"
+    )
     assert set(counts) - {200, 503} == set()
     assert duplicates == []
     # Every retried create was answered 200 in the end (the last attempt of each thread may have been cut off by
@@ -496,8 +521,12 @@ def post_task(port, token, title):
     """One create on a connection of its own: (status, task id)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        connection.request("POST", "/api/tasks", body=json.dumps({"title": title}),
-                           headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        connection.request(
+            "POST",
+            "/api/tasks",
+            body=json.dumps({"title": title}),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
         response = connection.getresponse()
         body = json.loads(response.read())
         return response.status, body["data"]["id"] if response.status == 200 else None
@@ -520,8 +549,10 @@ def test_sigterm_during_a_load_finishes_what_was_sent(cluster, session_on, sql, 
     service = Service(cluster.url, tmp_path / "gunicorn.log")
     slow_titles = [unique_title("slow") for _ in range(2)]
     try:
-        with WriteLoad(service.port, tokens, threads=4, prefix="sigterm-") as load, \
-                ThreadPoolExecutor(max_workers=2) as pool:
+        with (
+            WriteLoad(service.port, tokens, threads=4, prefix="sigterm-") as load,
+            ThreadPoolExecutor(max_workers=2) as pool,
+        ):
             time.sleep(0.5)
             slow = [pool.submit(post_task, service.port, tokens[0], title) for title in slow_titles]
             wait_for_sleeping_inserts(sql, 2)
@@ -535,8 +566,10 @@ def test_sigterm_during_a_load_finishes_what_was_sent(cluster, session_on, sql, 
         service.stop()
         sql("DROP TRIGGER drill_slow_insert ON task; DROP FUNCTION drill_slow_insert()")
     counts = load.counts()
-    print(f"\n[drill: SIGTERM under load] answers {dict(counts)}; in-flight slow creates {slow_answers}; "
-          f"master exited with {exit_code} after {shutdown:.2f} s (graceful timeout {GRACEFUL_TIMEOUT} s)")
+    print(
+        f"\n[drill: SIGTERM under load] answers {dict(counts)}; in-flight slow creates {slow_answers}; "
+        f"master exited with {exit_code} after {shutdown:.2f} s (graceful timeout {GRACEFUL_TIMEOUT} s)"
+    )
     assert exit_code == 0
     assert shutdown < GRACEFUL_TIMEOUT
     stored = stored_titles(sql, "slow-")

@@ -9,12 +9,14 @@ The fuzzing user is its own user with its own session; its tasks are deleted
 afterwards, so other tests never see them. Runs are derandomized so CI sees
 the same cases every time; set FUZZ_SEED (any value) and FUZZ_EXAMPLES (per operation, default 80) to explore more.
 """
+
 import os
 from collections import Counter, defaultdict
 from datetime import timedelta
 
 import pytest
 import schemathesis
+from conftest import base_config, user_id_of
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -24,7 +26,6 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import delete, select
 
-from conftest import base_config, user_id_of
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.database import get_engine
@@ -41,11 +42,22 @@ FUZZ_EMAIL = "fuzz@example.com"
 # of nearly always answering 404; invalid requests keep their generated ids.
 SEED_TASKS = [
     {"title": "plain"},
-    {"title": "full", "description": "d", "priority": "high", "category": "c", "tags": ["a", "b"],
-     "due_date": "2026-01-31T09:00:00Z", "remind_at": "2026-01-31T08:00:00Z"},
+    {
+        "title": "full",
+        "description": "d",
+        "priority": "high",
+        "category": "c",
+        "tags": ["a", "b"],
+        "due_date": "2026-01-31T09:00:00Z",
+        "remind_at": "2026-01-31T08:00:00Z",
+    },
     {"title": "daily", "recurrence_pattern": "daily", "due_date": "2026-03-01T00:00:00+01:00"},
-    {"title": "monthly", "recurrence_pattern": "monthly", "due_date": "2028-02-29T12:00:00Z",
-     "remind_at": "2028-02-28T12:00:00Z"},
+    {
+        "title": "monthly",
+        "recurrence_pattern": "monthly",
+        "due_date": "2028-02-29T12:00:00Z",
+        "remind_at": "2028-02-28T12:00:00Z",
+    },
     {"title": "yearly", "recurrence_pattern": "yearly", "due_date": "2026-12-31T23:00:00-05:00"},
     {"title": "weekly", "recurrence_pattern": "weekly", "due_date": "1900-01-01T00:00:00Z"},
 ]
@@ -84,9 +96,13 @@ def target_task(app, method, generated_id):
         response = app.test_client().post("/api/tasks", headers=app.extensions["fuzz"]["headers"], json={"title": "x"})
         return response.get_json()["data"]["id"]
     with get_engine(app).connect() as connection:
-        owned = connection.execute(
-            select(task.c.id).where(task.c.user_id == app.extensions["fuzz"]["user_id"]).order_by(task.c.id)
-        ).scalars().all()
+        owned = (
+            connection.execute(
+                select(task.c.id).where(task.c.user_id == app.extensions["fuzz"]["user_id"]).order_by(task.c.id)
+            )
+            .scalars()
+            .all()
+        )
     return owned[generated_id % len(owned)]
 
 
@@ -112,7 +128,9 @@ def test_fuzzing_covered_every_operation():
     met 401s or 404s would pass every check above and prove nothing."""
     if set(cases_run) != OPERATIONS:
         pytest.skip("runs after the whole of test_api")
-    print(f"fuzzing: {sum(cases_run.values())} cases;",
-          "; ".join(f"{label}: {dict(statuses_seen[label])}" for label in sorted(statuses_seen)))
+    print(
+        f"fuzzing: {sum(cases_run.values())} cases;",
+        "; ".join(f"{label}: {dict(statuses_seen[label])}" for label in sorted(statuses_seen)),
+    )
     assert sum(cases_run.values()) >= MINIMUM_CASES
     assert {label for label, statuses in statuses_seen.items() if statuses[200]} == OPERATIONS

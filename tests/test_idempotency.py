@@ -1,11 +1,12 @@
 """Idempotency-Key on POST /api/tasks: retries create one task and get the first answer back."""
-from datetime import datetime, timedelta, timezone
+
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select, update
-
 from conftest import user_id_of
+from sqlalchemy import func, select, update
 from test_conditional import StatementLog, expected_etag
+
 from todo_api.database import get_engine
 from todo_api.idempotency import idempotency_key
 
@@ -39,7 +40,7 @@ def age_keys(app, *keys, by=timedelta(hours=24, seconds=1)):
         connection.execute(
             update(idempotency_key)
             .where(idempotency_key.c.key.in_(keys))
-            .values(created_at=datetime.now(timezone.utc).replace(tzinfo=None) - by)
+            .values(created_at=datetime.now(UTC).replace(tzinfo=None) - by)
         )
 
 
@@ -133,9 +134,12 @@ def test_an_expired_key_creates_a_new_task_and_expired_keys_are_cleaned_up(app, 
     assert post(client, auth, {"title": "Daily"}, "daily").get_json()["data"] == second
     assert stored_keys(app, user_id_of(app, token)) == {"daily": second["id"]}
     with get_engine(app).connect() as connection:
-        assert connection.execute(
-            select(func.count()).select_from(idempotency_key).where(idempotency_key.c.key == "theirs")
-        ).scalar_one() == 1
+        assert (
+            connection.execute(
+                select(func.count()).select_from(idempotency_key).where(idempotency_key.c.key == "theirs")
+            ).scalar_one()
+            == 1
+        )
 
 
 def test_a_key_just_under_a_day_old_still_replays(app, client, auth):
@@ -147,9 +151,7 @@ def test_a_key_just_under_a_day_old_still_replays(app, client, auth):
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9", "tab\there", "bell\x07"])
 def test_a_malformed_key_is_422_and_creates_nothing(client, auth, key):
-    response = client.post(
-        "/api/tasks", headers={**auth, "Idempotency-Key": key}, json={"title": "Nope"}
-    )
+    response = client.post("/api/tasks", headers={**auth, "Idempotency-Key": key}, json={"title": "Nope"})
     assert (response.status_code, response.get_json()) == (422, BAD_KEY)
     assert listed(client, auth) == []
 
@@ -192,9 +194,9 @@ def test_a_create_with_a_key_is_one_transaction(app, client, auth):
 
 
 def test_keys_are_kept_with_their_creation_time(app, client, auth, token):
-    before = datetime.now(timezone.utc).replace(tzinfo=None)
+    before = datetime.now(UTC).replace(tzinfo=None)
     post(client, auth, {"title": "Timed"}, "k")
-    after = datetime.now(timezone.utc).replace(tzinfo=None)
+    after = datetime.now(UTC).replace(tzinfo=None)
     with get_engine(app).connect() as connection:
         created_at = connection.execute(
             select(idempotency_key.c.created_at).where(idempotency_key.c.user_id == user_id_of(app, token))

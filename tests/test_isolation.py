@@ -1,4 +1,5 @@
 """A user sees and changes only their own tasks; a foreign task looks missing."""
+
 import pytest
 
 NOT_FOUND = {"detail": "Task not found"}
@@ -33,7 +34,9 @@ def test_another_users_task_is_404_and_unchanged(client, auth, other_auth, creat
 def test_foreign_and_missing_tasks_are_indistinguishable(client, other_auth, create_task):
     foreign = create_task()
     missing_id = foreign["id"] + 1000
-    for (method, foreign_path, body), (_, missing_path, _) in zip(routes(foreign["id"]), routes(missing_id)):
+    for (method, foreign_path, body), (_, missing_path, _) in zip(
+        routes(foreign["id"]), routes(missing_id), strict=True
+    ):
         a = client.open(foreign_path, method=method, headers=other_auth, json=body)
         b = client.open(missing_path, method=method, headers=other_auth, json=body)
         assert (a.status_code, a.get_data(), a.headers["Content-Type"]) == (

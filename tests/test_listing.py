@@ -1,5 +1,6 @@
 """Finding tasks: every filter, sort and page of `GET /api/tasks`, on both databases."""
-from datetime import datetime, timedelta, timezone
+
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 import pytest
@@ -11,7 +12,7 @@ def iso(dt):
     return dt.isoformat()
 
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def titles(response):
@@ -31,15 +32,37 @@ def listed(client, auth):
 def sample(client, auth, create_task):
     """Five tasks with distinct values in every field the list can filter or sort on."""
     specs = [
-        dict(title="Buy milk", priority="low", category="home", tags=["errand", "food"],
-             due_date=iso(NOW + timedelta(days=2)), description="two litres"),
-        dict(title="alpha report", priority="high", category="work", tags=["report"],
-             due_date=iso(NOW - timedelta(days=1))),
+        dict(
+            title="Buy milk",
+            priority="low",
+            category="home",
+            tags=["errand", "food"],
+            due_date=iso(NOW + timedelta(days=2)),
+            description="two litres",
+        ),
+        dict(
+            title="alpha report",
+            priority="high",
+            category="work",
+            tags=["report"],
+            due_date=iso(NOW - timedelta(days=1)),
+        ),
         dict(title="Call mum", priority="medium", category="home", tags=["family"]),
-        dict(title="Zebra crossing", priority="high", category=None, tags=["errand"],
-             due_date=iso(NOW + timedelta(days=10))),
-        dict(title="Dentist", priority="medium", category="health", tags=[],
-             due_date=iso(NOW - timedelta(days=3)), description="Bring the X-ray"),
+        dict(
+            title="Zebra crossing",
+            priority="high",
+            category=None,
+            tags=["errand"],
+            due_date=iso(NOW + timedelta(days=10)),
+        ),
+        dict(
+            title="Dentist",
+            priority="medium",
+            category="health",
+            tags=[],
+            due_date=iso(NOW - timedelta(days=3)),
+            description="Bring the X-ray",
+        ),
     ]
     tasks = [create_task(**spec) for spec in specs]
     # "Dentist" is done: completed tasks are never overdue.
@@ -193,7 +216,7 @@ def test_edited_cursor_is_422(listed, create_task):
     assert other_sort.get_json()["errors"] == {"cursor": ["The cursor belongs to another sort order."]}
 
 
-HOSTILE = ["'", "%", "_", "\\", "'; DROP TABLE task; --", "\" OR 1=1 --", "%_\\%", "' OR ''='", "ñ%"]
+HOSTILE = ["'", "%", "_", "\\", "'; DROP TABLE task; --", '" OR 1=1 --', "%_\\%", "' OR ''='", "ñ%"]
 
 
 @pytest.mark.parametrize("value", HOSTILE)
@@ -212,7 +235,9 @@ def test_hostile_values_match_literally(client, auth, create_task, listed, value
 def test_search_alias_takes_a_keyword(listed, sample):
     assert titles(listed("/api/tasks/search", keyword="milk")) == ["Buy milk"]
     assert titles(listed("/api/tasks/search", keyword="a", sort_by="title", sort_order="asc", status="pending")) == [
-        "Call mum", "Zebra crossing", "alpha report",
+        "Call mum",
+        "Zebra crossing",
+        "alpha report",
     ]
     missing = listed("/api/tasks/search")
     assert missing.status_code == 422

@@ -1,4 +1,5 @@
 """The schema is built by migrations only, and they go both ways without losing rows."""
+
 import pytest
 from sqlalchemy import inspect, text
 
@@ -23,8 +24,14 @@ def test_the_schema_is_at_the_newest_revision(app):
 
 def test_indexes_for_every_list_query_exist(app):
     assert {
-        "ix_task_user_id_id", "ix_task_user_created", "ix_task_user_updated", "ix_task_user_title",
-        "ix_task_user_priority", "ix_task_user_due_asc", "ix_task_user_due_desc", "ix_task_user_reminder_due",
+        "ix_task_user_id_id",
+        "ix_task_user_created",
+        "ix_task_user_updated",
+        "ix_task_user_title",
+        "ix_task_user_priority",
+        "ix_task_user_due_asc",
+        "ix_task_user_due_desc",
+        "ix_task_user_reminder_due",
     } <= task_indexes(get_engine(app))
 
 
@@ -34,8 +41,18 @@ def test_downgrade_to_the_reference_table_and_back_keeps_rows(app, client, auth,
     downgrade(engine, "0001")
     assert current_revision(engine) == "0001"
     columns = {column["name"] for column in inspect(engine).get_columns("task")}
-    assert columns == {"id", "user_id", "title", "description", "completed", "priority", "category", "tags",
-                       "created_at", "updated_at"}
+    assert columns == {
+        "id",
+        "user_id",
+        "title",
+        "description",
+        "completed",
+        "priority",
+        "category",
+        "tags",
+        "created_at",
+        "updated_at",
+    }
     with engine.connect() as connection:
         assert connection.execute(text("SELECT title FROM task")).scalars().all() == ["survives"]
     upgrade(engine)

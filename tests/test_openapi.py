@@ -1,4 +1,5 @@
 """The OpenAPI document describes exactly the routes the app serves; the docs page works offline."""
+
 import re
 
 import pytest
@@ -29,8 +30,10 @@ def registered_routes(app):
 
 
 def documented_routes(document):
-    return {path: set(operations) - {"parameters", "summary", "description"}
-            for path, operations in document["paths"].items()}
+    return {
+        path: set(operations) - {"parameters", "summary", "description"}
+        for path, operations in document["paths"].items()
+    }
 
 
 def operations(document):
@@ -63,7 +66,8 @@ def test_document_is_openapi_3_1_without_a_session(client, document):
     assert document["openapi"] == "3.1.0"
     assert document["info"]["title"] == "todo-api"
     assert document["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http", "scheme": "bearer",
+        "type": "http",
+        "scheme": "bearer",
         "description": document["components"]["securitySchemes"]["bearerAuth"]["description"],
     }
 
@@ -103,7 +107,18 @@ def test_errors_are_documented_where_they_can_happen(document):
     assert responses[("POST", "/api/tasks")] == {"200", "400", "401", "405", "413", "415", "422", "429", "503"}
     assert responses[("GET", SINGLE_TASK)] == {"200", "304", "401", "404", "405", "429", "503"}
     assert responses[("PUT", SINGLE_TASK)] == {
-        "200", "400", "401", "404", "405", "412", "413", "415", "422", "429", "503"}
+        "200",
+        "400",
+        "401",
+        "404",
+        "405",
+        "412",
+        "413",
+        "415",
+        "422",
+        "429",
+        "503",
+    }
     assert responses[("DELETE", SINGLE_TASK)] == {"200", "401", "404", "405", "412", "415", "429", "503"}
     assert responses[("PATCH", SINGLE_TASK + "/complete")] == responses[("PUT", SINGLE_TASK)]
     assert responses[("PATCH", SINGLE_TASK + "/mark-reminder-sent")] == responses[("DELETE", SINGLE_TASK)]
@@ -124,16 +139,29 @@ def test_error_bodies_share_one_schema(document):
 def test_conditional_and_idempotent_requests_are_declared(document):
     if_match = {"$ref": "#/components/parameters/IfMatch"}
     paths = document["paths"]
-    for method, path in (("put", SINGLE_TASK), ("delete", SINGLE_TASK), ("patch", SINGLE_TASK + "/complete"),
-                         ("patch", SINGLE_TASK + "/mark-reminder-sent")):
+    for method, path in (
+        ("put", SINGLE_TASK),
+        ("delete", SINGLE_TASK),
+        ("patch", SINGLE_TASK + "/complete"),
+        ("patch", SINGLE_TASK + "/mark-reminder-sent"),
+    ):
         assert if_match in paths[path][method]["parameters"], (method, path)
     assert if_match not in paths[SINGLE_TASK]["get"]["parameters"]
     assert {"$ref": "#/components/parameters/IdempotencyKey"} in paths["/api/tasks"]["post"]["parameters"]
     key = document["components"]["parameters"]["IdempotencyKey"]
     assert (key["in"], key["name"], key["required"], key["schema"]["maxLength"]) == (
-        "header", "Idempotency-Key", False, 255)
-    for method, path in (("post", "/api/tasks"), ("get", SINGLE_TASK), ("put", SINGLE_TASK),
-                         ("patch", SINGLE_TASK + "/complete"), ("patch", SINGLE_TASK + "/mark-reminder-sent")):
+        "header",
+        "Idempotency-Key",
+        False,
+        255,
+    )
+    for method, path in (
+        ("post", "/api/tasks"),
+        ("get", SINGLE_TASK),
+        ("put", SINGLE_TASK),
+        ("patch", SINGLE_TASK + "/complete"),
+        ("patch", SINGLE_TASK + "/mark-reminder-sent"),
+    ):
         assert "ETag" in paths[path][method]["responses"]["200"]["headers"], (method, path)
 
 
@@ -154,8 +182,21 @@ def test_bodies_come_from_the_marshmallow_schemas(document):
 
 def test_list_parameters_come_from_the_query_schema(document):
     parameters = {p["name"]: p for p in document["paths"]["/api/tasks"]["get"]["parameters"]}
-    assert set(parameters) == {"status", "priority", "category", "tags", "q", "due_before", "due_after", "overdue",
-                               "reminder_due", "sort_by", "sort_order", "limit", "cursor"}
+    assert set(parameters) == {
+        "status",
+        "priority",
+        "category",
+        "tags",
+        "q",
+        "due_before",
+        "due_after",
+        "overdue",
+        "reminder_due",
+        "sort_by",
+        "sort_order",
+        "limit",
+        "cursor",
+    }
     assert (parameters["priority"]["style"], parameters["priority"]["explode"]) == ("form", False)
     assert parameters["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 200}
     search = {p["name"]: p for p in document["paths"]["/api/tasks/search"]["get"]["parameters"]}
@@ -172,7 +213,9 @@ def test_docs_page_serves_swagger_ui_from_the_app(client):
     assert '"/openapi.json"' in html
     assets = re.findall(r"(?:src|href)=\"([^\"]+)\"", html)
     assert sorted(assets) == [
-        "/docs/favicon-32x32.png", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui-standalone-preset.js",
+        "/docs/favicon-32x32.png",
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-ui-standalone-preset.js",
         "/docs/swagger-ui.css",
     ]
     for asset in assets:

@@ -4,18 +4,20 @@ The plans are read from a database of its own, filled once with 40,000 tasks
 of 40 users (10,000 of them the caller's, more than one page without a limit)
 and analysed, so the planner sees a realistic table.
 """
+
 import pytest
+from conftest import ADMIN_URL, base_config
 from sqlalchemy import create_engine, text
 from sqlalchemy.dialects import postgresql
 
-from conftest import ADMIN_URL, base_config
 from todo_api import create_app, listing
 from todo_api.database import get_engine, normalize_url, upgrade
 
 FILL = text("""
     INSERT INTO task (user_id, title, description, completed, priority, category, tags,
                       created_at, updated_at, due_date, reminder_sent)
-    SELECT CASE WHEN g % 4 = 0 THEN 'user-7' ELSE 'user-' || (g % 40) END, 'title ' || g, 'description ' || g, g % 3 = 0,
+    SELECT CASE WHEN g % 4 = 0 THEN 'user-7' ELSE 'user-' || (g % 40) END,
+           'title ' || g, 'description ' || g, g % 3 = 0,
            (ARRAY['low', 'medium', 'high'])[g % 3 + 1]::taskpriority, 'c' || (g % 7), '["t"]',
            now() - g * interval '1 minute', now() - g * interval '1 second',
            CASE WHEN g % 5 = 0 THEN NULL ELSE now() + g * interval '1 hour' END, false
@@ -84,7 +86,9 @@ def test_each_sort(explain, sort_by, sort_order, index):
     assert_index_range_scan(explain(sort_by=sort_by, sort_order=sort_order, limit=50), index)
 
 
-@pytest.mark.parametrize(("sort_by", "index"), [("created_at", "ix_task_user_created"), ("title", "ix_task_user_title")])
+@pytest.mark.parametrize(
+    ("sort_by", "index"), [("created_at", "ix_task_user_created"), ("title", "ix_task_user_title")]
+)
 def test_a_deep_page_starts_inside_the_index(explain, sort_by, index):
     class Row:
         id = 20000

@@ -4,6 +4,7 @@ The Redis tests use the local server (REDIS_URL_FOR_TESTS, by default
 127.0.0.1:6379) under a key prefix of their own, deleted afterwards, and a
 private redis-server for the outage drill.
 """
+
 import os
 import shutil
 import socket
@@ -13,8 +14,8 @@ import uuid
 
 import pytest
 import redis
-
 from conftest import base_config
+
 from todo_api import create_app
 from todo_api.config import from_environment
 from todo_api.database import get_engine
@@ -221,8 +222,14 @@ def test_429_is_json_with_retry_after_and_cors_headers(limited, auth):
     # The browser lets the frontend read the response, and these headers.
     assert refused.headers["Access-Control-Allow-Origin"] == FRONTEND
     exposed = {name.strip() for name in refused.headers["Access-Control-Expose-Headers"].split(",")}
-    assert exposed == {"ETag", "Idempotent-Replayed", "X-RateLimit-Limit", "X-RateLimit-Remaining",
-                       "X-RateLimit-Reset", "Retry-After"}
+    assert exposed == {
+        "ETag",
+        "Idempotent-Replayed",
+        "X-RateLimit-Limit",
+        "X-RateLimit-Remaining",
+        "X-RateLimit-Reset",
+        "Retry-After",
+    }
 
 
 @sqlite_only
@@ -239,8 +246,14 @@ def test_headers_can_be_turned_off(limited, auth):
 
 
 def test_a_database_outage_keeps_its_own_retry_after():
-    app = create_app(base_config("postgresql://postgres@127.0.0.1:1/nowhere", DATABASE_CONNECT_TIMEOUT=1,
-                                 RATELIMIT_ENABLED=True, RATELIMIT_PER_IP="10 per minute"))
+    app = create_app(
+        base_config(
+            "postgresql://postgres@127.0.0.1:1/nowhere",
+            DATABASE_CONNECT_TIMEOUT=1,
+            RATELIMIT_ENABLED=True,
+            RATELIMIT_PER_IP="10 per minute",
+        )
+    )
     response = app.test_client().get("/api/tasks", headers={"Authorization": "Bearer " + "a" * 32})
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
@@ -252,8 +265,9 @@ def test_a_database_outage_keeps_its_own_retry_after():
 
 @sqlite_only
 def test_limits_can_be_turned_off(limited, auth):
-    client = limited(RATELIMIT_ENABLED=False, RATELIMIT_PER_USER="1 per minute",
-                     RATELIMIT_PER_IP="1 per minute").test_client()
+    client = limited(
+        RATELIMIT_ENABLED=False, RATELIMIT_PER_USER="1 per minute", RATELIMIT_PER_IP="1 per minute"
+    ).test_client()
     for _ in range(5):
         response = client.get("/api/tasks", headers=auth)
         assert response.status_code == 200
@@ -267,21 +281,45 @@ def test_settings_are_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://cache.example:6379/1")
     monkeypatch.setenv("TRUSTED_PROXY_HOPS", "2")
     config = from_environment()
-    assert (config["RATELIMIT_ENABLED"], config["RATELIMIT_PER_USER"], config["RATELIMIT_PER_IP"],
-            config["REDIS_URL"], config["TRUSTED_PROXY_HOPS"]) == (
-        False, "10 per second", "100/minute", "redis://cache.example:6379/1", 2)
+    assert (
+        config["RATELIMIT_ENABLED"],
+        config["RATELIMIT_PER_USER"],
+        config["RATELIMIT_PER_IP"],
+        config["REDIS_URL"],
+        config["TRUSTED_PROXY_HOPS"],
+    ) == (False, "10 per second", "100/minute", "redis://cache.example:6379/1", 2)
 
 
 def test_defaults(monkeypatch):
-    for name in ("RATELIMIT_ENABLED", "RATELIMIT_PER_USER", "RATELIMIT_PER_IP", "RATELIMIT_HEADERS_ENABLED",
-                 "RATELIMIT_KEY_PREFIX", "REDIS_URL", "TRUSTED_PROXY_HOPS"):
+    for name in (
+        "RATELIMIT_ENABLED",
+        "RATELIMIT_PER_USER",
+        "RATELIMIT_PER_IP",
+        "RATELIMIT_HEADERS_ENABLED",
+        "RATELIMIT_KEY_PREFIX",
+        "REDIS_URL",
+        "TRUSTED_PROXY_HOPS",
+    ):
         monkeypatch.delenv(name, raising=False)
     config = from_environment()
-    assert {name: config[name] for name in ("RATELIMIT_ENABLED", "RATELIMIT_PER_USER", "RATELIMIT_PER_IP",
-                                            "RATELIMIT_HEADERS_ENABLED", "RATELIMIT_KEY_PREFIX", "REDIS_URL",
-                                            "TRUSTED_PROXY_HOPS")} == {
-        "RATELIMIT_ENABLED": True, "RATELIMIT_PER_USER": "1800 per minute", "RATELIMIT_PER_IP": "6000 per minute",
-        "RATELIMIT_HEADERS_ENABLED": True, "RATELIMIT_KEY_PREFIX": "todo-api", "REDIS_URL": None,
+    assert {
+        name: config[name]
+        for name in (
+            "RATELIMIT_ENABLED",
+            "RATELIMIT_PER_USER",
+            "RATELIMIT_PER_IP",
+            "RATELIMIT_HEADERS_ENABLED",
+            "RATELIMIT_KEY_PREFIX",
+            "REDIS_URL",
+            "TRUSTED_PROXY_HOPS",
+        )
+    } == {
+        "RATELIMIT_ENABLED": True,
+        "RATELIMIT_PER_USER": "1800 per minute",
+        "RATELIMIT_PER_IP": "6000 per minute",
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "RATELIMIT_KEY_PREFIX": "todo-api",
+        "REDIS_URL": None,
         "TRUSTED_PROXY_HOPS": 0,
     }
 
@@ -332,8 +370,22 @@ def private_redis(tmp_path):
     if server is None:
         pytest.fail("redis-server is needed for this test")
     port = closed_port()
-    process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
     while True:

@@ -4,14 +4,15 @@ Each test gets a fresh database of its own, built by hand the way the reference
 (and Better Auth) built it, not by this service. The database's time zone is far
 from UTC, so a naive timestamp read in the wrong zone would show.
 """
+
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from conftest import ADMIN_URL, base_config
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from conftest import ADMIN_URL, base_config
 from todo_api import create_app
 from todo_api.database import get_engine, normalize_url
 
@@ -113,7 +114,7 @@ def test_reference_rows_are_read_and_served_unchanged(fresh_database, build_app)
     url, engine = fresh_database
     with engine.begin() as connection:
         connection.execute(text(REFERENCE_SCHEMA + USER_TABLE + SESSION_TABLE.format(zone="with")))
-        tomorrow = datetime.now(timezone.utc) + timedelta(days=1)
+        tomorrow = datetime.now(UTC) + timedelta(days=1)
         connection.execute(text(INSERT_SESSION), {"token": LIVE_TOKEN, "expires_at": tomorrow})
         task_id = connection.execute(text(INSERT_REFERENCE_TASK)).scalar_one()
     app = build_app(url)
@@ -125,10 +126,21 @@ def test_reference_rows_are_read_and_served_unchanged(fresh_database, build_app)
 
     client, auth = app.test_client(), bearer(LIVE_TOKEN)
     expected = {
-        "id": task_id, "user_id": "ref-user", "title": "From the reference", "description": "made by SQLModel",
-        "completed": False, "priority": "high", "category": "work", "tags": ["x", "y"],
-        "created_at": "2025-01-02T03:04:05.678901+00:00", "updated_at": "2025-01-02T03:04:05.678901+00:00",
-        "due_date": None, "recurrence_pattern": None, "is_recurring": False, "remind_at": None, "reminder_sent": False,
+        "id": task_id,
+        "user_id": "ref-user",
+        "title": "From the reference",
+        "description": "made by SQLModel",
+        "completed": False,
+        "priority": "high",
+        "category": "work",
+        "tags": ["x", "y"],
+        "created_at": "2025-01-02T03:04:05.678901+00:00",
+        "updated_at": "2025-01-02T03:04:05.678901+00:00",
+        "due_date": None,
+        "recurrence_pattern": None,
+        "is_recurring": False,
+        "remind_at": None,
+        "reminder_sent": False,
     }
     listed = client.get("/api/tasks", headers=auth)
     assert (listed.status_code, listed.get_json()) == (200, {"data": [expected]})
@@ -150,7 +162,7 @@ def test_reference_rows_are_read_and_served_unchanged(fresh_database, build_app)
 def test_sessions_of_better_auth_before_1_3_11_expire_on_time(fresh_database, build_app):
     """Before 1.3.11 Better Auth stored "expiresAt" as a naive timestamp holding UTC."""
     url, engine = fresh_database
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
     with engine.begin() as connection:
         connection.execute(text(USER_TABLE + SESSION_TABLE.format(zone="without")))
         connection.execute(text(INSERT_SESSION), {"token": LIVE_TOKEN, "expires_at": now + timedelta(hours=1)})
@@ -165,16 +177,22 @@ def test_sessions_of_better_auth_before_1_3_11_expire_on_time(fresh_database, bu
 def test_a_custom_session_table_and_columns_are_configurable(fresh_database, build_app):
     url, engine = fresh_database
     with engine.begin() as connection:
-        connection.execute(text(
-            "CREATE TABLE auth_sessions (id text PRIMARY KEY, session_token text NOT NULL UNIQUE,"
-            " user_id text NOT NULL, expires_at timestamp with time zone NOT NULL)"
-        ))
-        connection.execute(text(
-            "INSERT INTO auth_sessions VALUES ('s1', :token, 'custom-user', now() + interval '1 day')"
-        ), {"token": LIVE_TOKEN})
+        connection.execute(
+            text(
+                "CREATE TABLE auth_sessions (id text PRIMARY KEY, session_token text NOT NULL UNIQUE,"
+                " user_id text NOT NULL, expires_at timestamp with time zone NOT NULL)"
+            )
+        )
+        connection.execute(
+            text("INSERT INTO auth_sessions VALUES ('s1', :token, 'custom-user', now() + interval '1 day')"),
+            {"token": LIVE_TOKEN},
+        )
     app = build_app(
-        url, SESSION_TABLE="auth_sessions", SESSION_TOKEN_COLUMN="session_token",
-        SESSION_USER_ID_COLUMN="user_id", SESSION_EXPIRES_AT_COLUMN="expires_at",
+        url,
+        SESSION_TABLE="auth_sessions",
+        SESSION_TOKEN_COLUMN="session_token",
+        SESSION_USER_ID_COLUMN="user_id",
+        SESSION_EXPIRES_AT_COLUMN="expires_at",
     )
     init_db(app)
     client = app.test_client()

@@ -1,8 +1,9 @@
 """The service rides out database restarts and outages without a restart of its own."""
+
 import pytest
+from conftest import ADMIN_URL
 from sqlalchemy import create_engine, text
 
-from conftest import ADMIN_URL
 from todo_api.database import normalize_url
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
@@ -41,10 +42,15 @@ def test_a_statement_past_the_timeout_is_503_not_a_stuck_worker(make_app, auth, 
     app = make_app(DATABASE_STATEMENT_TIMEOUT_MS=100)
     engine = app.extensions["todo_api.engine"]
     with engine.connect() as connection:
-        connection.execute(text("CREATE OR REPLACE FUNCTION slow_session_check() RETURNS trigger AS "
-                                "$$ BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$ LANGUAGE plpgsql"))
-        connection.execute(text("CREATE TRIGGER slow_insert BEFORE INSERT ON task "
-                                "FOR EACH ROW EXECUTE FUNCTION slow_session_check()"))
+        connection.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION slow_session_check() RETURNS trigger AS "
+                "$$ BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+        )
+        connection.execute(
+            text("CREATE TRIGGER slow_insert BEFORE INSERT ON task FOR EACH ROW EXECUTE FUNCTION slow_session_check()")
+        )
     try:
         response = app.test_client().post("/api/tasks", headers=auth, json={"title": "slow"})
         assert response.status_code == 503
@@ -62,17 +68,24 @@ def test_a_connection_lost_inside_a_transaction_is_503_and_the_retry_creates_onc
     503 (never a 500 from ending a transaction on a dead connection), and the retry with the key creates it."""
     engine = app.extensions["todo_api.engine"]
     with engine.connect() as connection:
-        connection.execute(text(
-            "CREATE OR REPLACE FUNCTION lose_connection() RETURNS trigger AS $$ BEGIN "
-            "IF NEW.title = 'doomed' AND NOT EXISTS (SELECT FROM pg_tables WHERE tablename = 'reprieve') THEN "
-            "PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN NEW; END $$ LANGUAGE plpgsql"))
-        connection.execute(text("CREATE TRIGGER lose_connection BEFORE INSERT ON task "
-                                "FOR EACH ROW EXECUTE FUNCTION lose_connection()"))
+        connection.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION lose_connection() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.title = 'doomed' AND NOT EXISTS (SELECT FROM pg_tables WHERE tablename = 'reprieve') THEN "
+                "PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+        )
+        connection.execute(
+            text("CREATE TRIGGER lose_connection BEFORE INSERT ON task FOR EACH ROW EXECUTE FUNCTION lose_connection()")
+        )
     headers = {**auth, "Idempotency-Key": "lost-connection"}
     try:
         lost = client.post("/api/tasks", headers=headers, json={"title": "doomed"})
         assert (lost.status_code, lost.get_json(), lost.headers["Retry-After"]) == (
-            503, {"detail": "Service temporarily unavailable"}, "5")
+            503,
+            {"detail": "Service temporarily unavailable"},
+            "5",
+        )
         assert client.get("/api/tasks", headers=auth).get_json() == {"data": []}
         with engine.connect() as connection:
             connection.execute(text("CREATE TABLE reprieve ()"))

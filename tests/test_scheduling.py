@@ -1,13 +1,14 @@
 """Due dates, recurring tasks and reminders."""
+
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 
 def utc(text):
-    return datetime.fromisoformat(text).astimezone(timezone.utc).isoformat()
+    return datetime.fromisoformat(text).astimezone(UTC).isoformat()
 
 
 def test_due_date_is_stored_as_utc_with_an_offset(create_task):
@@ -127,9 +128,7 @@ def test_non_recurring_completion_has_no_next_task(client, auth, create_task):
 
 
 def test_reminder_keeps_its_distance_from_the_due_date(client, auth, create_task):
-    task = create_task(
-        recurrence_pattern="weekly", due_date="2026-05-01T08:00:00Z", remind_at="2026-05-01T07:30:00Z"
-    )
+    task = create_task(recurrence_pattern="weekly", due_date="2026-05-01T08:00:00Z", remind_at="2026-05-01T07:30:00Z")
     client.patch(f"/api/tasks/{task['id']}/mark-reminder-sent", headers=auth)
     following = client.patch(f"/api/tasks/{task['id']}/complete", headers=auth).get_json()["next_task"]
     assert (following["remind_at"], following["reminder_sent"]) == ("2026-05-08T07:30:00+00:00", False)
@@ -156,8 +155,8 @@ def test_recurring_task_loses_its_due_date_only_with_its_pattern(client, auth, c
 
 
 def test_reminders_come_due_and_are_marked_sent(client, auth, create_task):
-    past = (datetime.now(timezone.utc) - timedelta(minutes=5)).isoformat()
-    future = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    past = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     due = create_task(title="due", remind_at=past)
     create_task(title="later", remind_at=future)
     create_task(title="none")

@@ -1,4 +1,5 @@
 """The output serializer gives exactly what the marshmallow TaskSchema gives."""
+
 import pytest
 from sqlalchemy import select
 
@@ -8,8 +9,15 @@ from todo_api.schemas import TaskSchema, task_output
 
 VARIETY = [
     {"title": "plain"},
-    {"title": "full", "description": "d", "priority": "high", "category": "c", "tags": ["a", "b"],
-     "due_date": "2026-02-28T23:59:59.999999+05:00", "remind_at": "2026-02-28T12:00:00Z"},
+    {
+        "title": "full",
+        "description": "d",
+        "priority": "high",
+        "category": "c",
+        "tags": ["a", "b"],
+        "due_date": "2026-02-28T23:59:59.999999+05:00",
+        "remind_at": "2026-02-28T12:00:00Z",
+    },
     {"title": "recurring", "recurrence_pattern": "monthly", "due_date": "2026-01-31T00:00:00Z"},
     {"title": "Füße 🦶", "tags": ["ñ"], "priority": "low"},
 ]

@@ -1,4 +1,5 @@
 """Bad input gets a clear JSON error with the right status, and changes nothing."""
+
 import json
 
 import pytest
@@ -96,7 +97,11 @@ def test_unknown_and_server_owned_fields_are_ignored(app, client, auth, create_t
     updated = client.put(f"/api/tasks/{created['id']}", headers=auth, json={**sent, "title": "renamed"})
     assert updated.status_code == 200
     task = updated.get_json()["data"]
-    assert (task["id"], task["user_id"], task["created_at"]) == (created["id"], created["user_id"], created["created_at"])
+    assert (task["id"], task["user_id"], task["created_at"]) == (
+        created["id"],
+        created["user_id"],
+        created["created_at"],
+    )
     assert task["title"] == "renamed"
 
 
@@ -144,7 +149,9 @@ def test_malformed_json_is_400(client, auth, raw):
     assert stored(client, auth) == []
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
 def test_non_json_content_type_is_415(client, auth, content_type):
     headers = dict(auth)
     if content_type:

@@ -1,4 +1,5 @@
 """todo-api: per-user tasks behind Better Auth sessions."""
+
 import logging
 
 from dotenv import find_dotenv, load_dotenv
@@ -41,7 +42,10 @@ def register_extensions(app):
     # shows a script only the response headers exposed here: ETag for If-Match,
     # the rate-limit headers (Retry-After on a 429).
     CORS(
-        app, origins=origins, supports_credentials="*" not in origins, max_age=600,
+        app,
+        origins=origins,
+        supports_credentials="*" not in origins,
+        max_age=600,
         expose_headers=["ETag", "Idempotent-Replayed", *ratelimit.HEADERS],
     )
     ratelimit.init_app(app)

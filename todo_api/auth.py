@@ -14,6 +14,7 @@ The session row is looked up on every request, so a signed-out (deleted) or
 expired session is refused on the very next request.
 Tokens are never logged, whole or in part.
 """
+
 import base64
 import hashlib
 import hmac

@@ -1,7 +1,8 @@
 """Command-line tools: `flask --app todo_api init-db` and `create-session`."""
+
 import secrets
 import string
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import click
 from flask import current_app
@@ -23,7 +24,7 @@ def create_user_session(connection, config, email, lifetime=timedelta(days=7)):
     """Find or create the user with this email and give them a new session; return its token."""
     tables = models.auth_tables(config)
     users, sessions = tables.tables["user"], tables.tables[config["SESSION_TABLE"]]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     user_id = connection.execute(select(users.c.id).where(users.c.email == email)).scalar()
     if user_id is None:
         user_id = random_id()

@@ -9,6 +9,7 @@ If-Match is turned into the versions it names, and the write itself checks
 them (models: in its WHERE clause, or on the locked row), so the check and
 the change are atomic.
 """
+
 import re
 from datetime import datetime, timedelta
 

@@ -2,6 +2,7 @@
 
 Every variable is documented in the README's configuration table.
 """
+
 import os
 
 DEFAULT_CORS_ORIGINS = "http://localhost:3000"

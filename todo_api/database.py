@@ -6,6 +6,7 @@ Connections run in autocommit mode: each operation of this service is a single
 statement (the toggle is one `UPDATE ... RETURNING`), so there is no BEGIN or
 COMMIT round trip to pay, and nothing half-done can be left behind.
 """
+
 import os
 from contextlib import contextmanager
 from datetime import datetime, timedelta

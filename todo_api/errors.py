@@ -1,4 +1,5 @@
 """Every error leaves this service as JSON with a human-readable `detail`."""
+
 import logging
 
 from marshmallow import ValidationError

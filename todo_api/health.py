@@ -1,4 +1,5 @@
 """Liveness and readiness; neither needs a session."""
+
 from flask import Blueprint
 
 from . import database

@@ -12,6 +12,7 @@ Concurrent requests with one key meet at the table's primary key: the second
 insert waits for the first transaction and then finds the key taken, so
 exactly one task is created, across workers and instances.
 """
+
 import hashlib
 from datetime import timedelta
 
@@ -72,8 +73,12 @@ def _claim(dialect_insert):
     )
     return statement.on_conflict_do_update(
         index_elements=[idempotency_key.c.user_id, idempotency_key.c.key],
-        set_={"request_hash": statement.excluded.request_hash, "created_at": statement.excluded.created_at,
-              "task_id": None, "response": None},
+        set_={
+            "request_hash": statement.excluded.request_hash,
+            "created_at": statement.excluded.created_at,
+            "task_id": None,
+            "response": None,
+        },
         where=idempotency_key.c.created_at < bindparam("cutoff"),
     ).returning(idempotency_key.c.created_at)
 

@@ -3,6 +3,7 @@
 Naive datetimes are written as UTC with an explicit offset: every timestamp
 this service stores is naive UTC (the reference's column type).
 """
+
 import orjson
 from flask.json.provider import JSONProvider
 

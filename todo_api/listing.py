@@ -6,6 +6,7 @@ size. Pages are cut with a cursor (the last row's sort value and id), never
 OFFSET. Every value a user sends is a bound parameter; `q` is matched
 literally (LIKE wildcards are escaped).
 """
+
 from datetime import datetime
 
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -45,9 +46,7 @@ def filters(query, dialect):
         conditions.append(has_tags(query["tags"], dialect))
     if query.get("q"):
         pattern = f"%{escape_like(query['q'])}%"
-        conditions.append(
-            or_(task.c.title.ilike(pattern, escape="\\"), task.c.description.ilike(pattern, escape="\\"))
-        )
+        conditions.append(or_(task.c.title.ilike(pattern, escape="\\"), task.c.description.ilike(pattern, escape="\\")))
     if query.get("due_before") is not None:
         conditions.append(task.c.due_date < query["due_before"])
     if query.get("due_after") is not None:

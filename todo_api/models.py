@@ -8,9 +8,12 @@ schema is built by the migrations in `migrations/`; this module only queries.
 Every statement that touches a task filters by the caller's user id in SQL.
 Statements are built once at import; SQLAlchemy caches their compiled form.
 """
-import functools
-from datetime import datetime, timezone
 
+import functools
+from datetime import UTC, datetime
+
+from dateutil.relativedelta import relativedelta
+from marshmallow import ValidationError
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -31,8 +34,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from dateutil.relativedelta import relativedelta
-from marshmallow import ValidationError
 from werkzeug.exceptions import NotFound, PreconditionFailed
 
 from .database import advanced, transaction, upgrade
@@ -67,7 +68,7 @@ RECURRING_NEEDS_DUE_DATE = "A recurring task needs a due date."
 
 def utcnow():
     """Naive UTC, the form the reference's timestamp columns hold."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class NoSuchTask(NotFound):
@@ -149,7 +150,7 @@ def _owned(statement):
     return statement.where(task.c.id == bindparam("task_key"), task.c.user_id == bindparam("owner_id"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _if_version(statement):
     """The same write, applied only while the task's `updated_at` is one of `versions`.
 
@@ -306,7 +307,7 @@ def update_task(db, user_id, task_id, changes, versions=None):
     return change_task(db, user_id, task_id, lambda current: changes, versions)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _plain_update(fields):
     """One statement per set of changed fields, built once."""
     return (

@@ -9,6 +9,7 @@ thin. The document is built once, on its first request, and kept as bytes.
 The docs page is Swagger UI, served by the app itself from the pinned
 `flask-swagger-ui` package (Swagger UI 5, which reads OpenAPI 3.1): no CDN.
 """
+
 import importlib.resources
 import re
 import threading
@@ -127,8 +128,13 @@ PARAMETERS = {
     },
 }
 
-ETAG = {"ETag": {"description": "The task's current version, for `If-Match`.", "required": True,
-                 "schema": {"type": "string"}}}
+ETAG = {
+    "ETag": {
+        "description": "The task's current version, for `If-Match`.",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
 
 SECURITY_SCHEMES = {
     "bearerAuth": {
@@ -164,8 +170,12 @@ def api(operation, *, changes=False, body=False, task=False, conditional=False, 
     `body`: it reads a JSON body; `task`: it names one task; `conditional`: it
     honours `If-Match`; `validated`: its query string is validated.
     """
-    responses = {"401": "Unauthorized", "405": "MethodNotAllowed", "429": "TooManyRequests",
-                 "503": "ServiceUnavailable"}
+    responses = {
+        "401": "Unauthorized",
+        "405": "MethodNotAllowed",
+        "429": "TooManyRequests",
+        "503": "ServiceUnavailable",
+    }
     if changes or body:
         responses["415"] = "UnsupportedMediaType"
     if body:
@@ -197,83 +207,134 @@ LIST_DESCRIPTION = (
 LIST_QUERY = [{"in": "query", "schema": ListQuerySchema}]
 TASK_LIST = ok("One page of tasks.", TaskListEnvelopeSchema)
 TASK = ok("The task.", TaskEnvelopeSchema, ETAG)
-CHANGED_TASK = ok("The task; completing a recurring task adds `next_task`, its next occurrence.",
-                  ChangedTaskEnvelopeSchema, ETAG)
+CHANGED_TASK = ok(
+    "The task; completing a recurring task adds `next_task`, its next occurrence.", ChangedTaskEnvelopeSchema, ETAG
+)
 
 # -- Operations, keyed by endpoint name ---------------------------------------
 
 OPERATIONS = {
-    "health.index": public({
-        "summary": "Service banner",
-        "responses": {"200": ok("The service is running.", MessageSchema)},
-    }),
-    "health.health": public({
-        "summary": "Liveness",
-        "description": "Answers without touching the database.",
-        "responses": {"200": ok("Alive.", StatusSchema)},
-    }),
-    "health.ready": public({
-        "summary": "Readiness",
-        "description": "200 only when the database answers.",
-        "responses": {"200": ok("Ready.", StatusSchema), "503": "ServiceUnavailable"},
-    }),
-    "openapi.document": public({
-        "summary": "This OpenAPI document",
-        "responses": {"200": {"description": "The OpenAPI 3.1 document.",
-                              "content": {"application/json": {"schema": {"type": "object"}}}}},
-    }),
-    "openapi.docs": public({
-        "summary": "Interactive API documentation (Swagger UI)",
-        "responses": {"200": {"description": "An HTML page.",
-                              "content": {"text/html": {"schema": {"type": "string"}}}}},
-    }),
-    "tasks.list_tasks": api({
-        "summary": "List tasks",
-        "description": LIST_DESCRIPTION,
-        "parameters": LIST_QUERY,
-        "responses": {"200": TASK_LIST},
-    }, validated=True),
-    "tasks.search_tasks": api({
-        "summary": "Search tasks",
-        "description": "The list, searched: `keyword` (required) is matched case-insensitively and literally in "
-                       "title and description. Takes every list parameter.",
-        "parameters": [{"in": "query", "schema": SearchQuerySchema}],
-        "responses": {"200": TASK_LIST},
-    }, validated=True),
-    "tasks.create_task": api({
-        "summary": "Create a task",
-        "parameters": ["IdempotencyKey"],
-        "requestBody": json_body(TaskCreateSchema, "The new task's fields; `title` is required, unknown fields are "
-                                                   "ignored."),
-        "responses": {"200": ok("The created task.", TaskEnvelopeSchema, ETAG)},
-    }, body=True),
-    "tasks.get_task": api({
-        "summary": "Get a task",
-        "parameters": ["IfNoneMatch"],
-        "responses": {"200": TASK, "304": {"description": "Not modified: the task is still at that version.",
-                                           "headers": ETAG}},
-    }, task=True),
-    "tasks.update_task": api({
-        "summary": "Update a task",
-        "description": "Only the fields sent change. Completing a recurring task creates its next occurrence.",
-        "requestBody": json_body(TaskUpdateSchema(partial=True), "Any task fields, and `completed`."),
-        "responses": {"200": CHANGED_TASK},
-    }, body=True, task=True, conditional=True),
-    "tasks.delete_task": api({
-        "summary": "Delete a task",
-        "responses": {"200": ok("Deleted.", DeletedEnvelopeSchema)},
-    }, changes=True, task=True, conditional=True),
-    "tasks.complete_task": api({
-        "summary": "Complete, reopen or toggle a task",
-        "description": "Without a body, toggles `completed`; `{\"completed\": true|false}` sets it, so a retry "
-                       "cannot flip it back. Completing a recurring task creates its next occurrence.",
-        "requestBody": json_body(CompletionSchema, "Optional: the completion to set.", required=False),
-        "responses": {"200": CHANGED_TASK},
-    }, body=True, task=True, conditional=True),
-    "tasks.mark_reminder_sent": api({
-        "summary": "Mark a task's reminder as sent",
-        "responses": {"200": TASK},
-    }, changes=True, task=True, conditional=True),
+    "health.index": public(
+        {
+            "summary": "Service banner",
+            "responses": {"200": ok("The service is running.", MessageSchema)},
+        }
+    ),
+    "health.health": public(
+        {
+            "summary": "Liveness",
+            "description": "Answers without touching the database.",
+            "responses": {"200": ok("Alive.", StatusSchema)},
+        }
+    ),
+    "health.ready": public(
+        {
+            "summary": "Readiness",
+            "description": "200 only when the database answers.",
+            "responses": {"200": ok("Ready.", StatusSchema), "503": "ServiceUnavailable"},
+        }
+    ),
+    "openapi.document": public(
+        {
+            "summary": "This OpenAPI document",
+            "responses": {
+                "200": {
+                    "description": "The OpenAPI 3.1 document.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    ),
+    "openapi.docs": public(
+        {
+            "summary": "Interactive API documentation (Swagger UI)",
+            "responses": {
+                "200": {"description": "An HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+            },
+        }
+    ),
+    "tasks.list_tasks": api(
+        {
+            "summary": "List tasks",
+            "description": LIST_DESCRIPTION,
+            "parameters": LIST_QUERY,
+            "responses": {"200": TASK_LIST},
+        },
+        validated=True,
+    ),
+    "tasks.search_tasks": api(
+        {
+            "summary": "Search tasks",
+            "description": "The list, searched: `keyword` (required) is matched case-insensitively and literally in "
+            "title and description. Takes every list parameter.",
+            "parameters": [{"in": "query", "schema": SearchQuerySchema}],
+            "responses": {"200": TASK_LIST},
+        },
+        validated=True,
+    ),
+    "tasks.create_task": api(
+        {
+            "summary": "Create a task",
+            "parameters": ["IdempotencyKey"],
+            "requestBody": json_body(
+                TaskCreateSchema, "The new task's fields; `title` is required, unknown fields are ignored."
+            ),
+            "responses": {"200": ok("The created task.", TaskEnvelopeSchema, ETAG)},
+        },
+        body=True,
+    ),
+    "tasks.get_task": api(
+        {
+            "summary": "Get a task",
+            "parameters": ["IfNoneMatch"],
+            "responses": {
+                "200": TASK,
+                "304": {"description": "Not modified: the task is still at that version.", "headers": ETAG},
+            },
+        },
+        task=True,
+    ),
+    "tasks.update_task": api(
+        {
+            "summary": "Update a task",
+            "description": "Only the fields sent change. Completing a recurring task creates its next occurrence.",
+            "requestBody": json_body(TaskUpdateSchema(partial=True), "Any task fields, and `completed`."),
+            "responses": {"200": CHANGED_TASK},
+        },
+        body=True,
+        task=True,
+        conditional=True,
+    ),
+    "tasks.delete_task": api(
+        {
+            "summary": "Delete a task",
+            "responses": {"200": ok("Deleted.", DeletedEnvelopeSchema)},
+        },
+        changes=True,
+        task=True,
+        conditional=True,
+    ),
+    "tasks.complete_task": api(
+        {
+            "summary": "Complete, reopen or toggle a task",
+            "description": 'Without a body, toggles `completed`; `{"completed": true|false}` sets it, so a retry '
+            "cannot flip it back. Completing a recurring task creates its next occurrence.",
+            "requestBody": json_body(CompletionSchema, "Optional: the completion to set.", required=False),
+            "responses": {"200": CHANGED_TASK},
+        },
+        body=True,
+        task=True,
+        conditional=True,
+    ),
+    "tasks.mark_reminder_sent": api(
+        {
+            "summary": "Mark a task's reminder as sent",
+            "responses": {"200": TASK},
+        },
+        changes=True,
+        task=True,
+        conditional=True,
+    ),
 }
 
 # -- Building the document ----------------------------------------------------
@@ -304,10 +365,14 @@ def build_document(app):
         version=VERSION,
         openapi_version="3.1.0",
         plugins=[marshmallow],
-        info={"description": "Per-user tasks behind Better Auth sessions. Success bodies are `{\"data\": ...}`; "
-                             "errors are `{\"detail\": ..., \"errors\"?: {...}}`."},
-        tags=[{"name": "tasks", "description": "The caller's tasks."},
-              {"name": "service", "description": "Health and documentation; no session needed."}],
+        info={
+            "description": 'Per-user tasks behind Better Auth sessions. Success bodies are `{"data": ...}`; '
+            'errors are `{"detail": ..., "errors"?: {...}}`.'
+        },
+        tags=[
+            {"name": "tasks", "description": "The caller's tasks."},
+            {"name": "service", "description": "Health and documentation; no session needed."},
+        ],
     )
     marshmallow.converter.add_parameter_attribute_function(comma_list_parameter)
     for name, scheme in SECURITY_SCHEMES.items():

@@ -22,6 +22,7 @@ RATELIMIT_HEADERS_ENABLED: Flask-Limiter also puts Retry-After on every
 response, and raises a 503's Retry-After to the end of the rate-limit window,
 while a client should only be told to wait when it has been refused.
 """
+
 import logging
 import time
 

@@ -3,7 +3,8 @@
 Input schemas ignore unknown fields (the frontend may send a whole task back)
 and never accept `id`, `user_id`, `created_at` or `updated_at`.
 """
-from datetime import timezone
+
+from datetime import UTC
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
@@ -62,7 +63,7 @@ class UtcInput(fields.AwareDateTime):
         # (9998-12-31T23:00-05:00 is already 9999 in UTC, with no room left to recur).
         if not self.MIN_YEAR <= aware.year <= self.MAX_YEAR:
             raise ValidationError(self.out_of_range)
-        utc = aware.astimezone(timezone.utc).replace(tzinfo=None)
+        utc = aware.astimezone(UTC).replace(tzinfo=None)
         if not self.MIN_YEAR <= utc.year <= self.MAX_YEAR:
             raise ValidationError(self.out_of_range)
         return utc
@@ -95,8 +96,8 @@ class UtcDateTime(fields.DateTime):
         if value is None:
             return None
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).isoformat()
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).isoformat()
 
 
 def _task_fields():
@@ -151,8 +152,9 @@ class TaskSchema(Schema):
     updated_at = UtcDateTime(required=True)
     due_date = UtcDateTime(required=True, allow_none=True)
     recurrence_pattern = fields.String(required=True, allow_none=True, validate=validate.OneOf(RECURRENCE_PATTERNS))
-    is_recurring = fields.Function(lambda row: row.recurrence_pattern is not None, required=True,
-                                   metadata={"type": "boolean"})
+    is_recurring = fields.Function(
+        lambda row: row.recurrence_pattern is not None, required=True, metadata={"type": "boolean"}
+    )
     remind_at = UtcDateTime(required=True, allow_none=True)
     reminder_sent = fields.Boolean(required=True)
 

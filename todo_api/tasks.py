@@ -4,7 +4,8 @@ Every response that carries one task carries its ETag; writes to one task
 honour If-Match (see `conditional`), and creates honour Idempotency-Key (see
 `idempotency`).
 """
-from datetime import datetime, timezone
+
+from datetime import UTC, datetime
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
@@ -70,7 +71,7 @@ def created_body(row):
 def created_once(body, replayed):
     """A create's stored body; its ETag is the task's as it was created."""
     created = orjson.loads(body)["data"]
-    updated_at = datetime.fromisoformat(created["updated_at"]).astimezone(timezone.utc).replace(tzinfo=None)
+    updated_at = datetime.fromisoformat(created["updated_at"]).astimezone(UTC).replace(tzinfo=None)
     headers = {"ETag": etag_of(created["id"], updated_at)}
     if replayed:
         headers["Idempotent-Replayed"] = "true"

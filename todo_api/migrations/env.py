@@ -1,4 +1,5 @@
 """Alembic environment: runs on the connection that `flask db` hands it."""
+
 from alembic import context
 
 connection = context.config.attributes["connection"]

@@ -6,6 +6,7 @@ stands, rows included.
 Revision ID: 0001
 Revises:
 """
+
 import sqlalchemy as sa
 from alembic import op
 

@@ -6,6 +6,7 @@ one index per sort key, with the id as the tie-breaker.
 Revision ID: 0002
 Revises: 0001
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -37,15 +38,24 @@ def upgrade():
         "ix_task_user_due_desc", "task", ["user_id", sa.text(f"due_date DESC{nulls_last}"), sa.text("id DESC")]
     )
     op.create_index(
-        "ix_task_user_reminder_due", "task", ["user_id", "remind_at"], postgresql_where=sa.text("NOT reminder_sent"),
+        "ix_task_user_reminder_due",
+        "task",
+        ["user_id", "remind_at"],
+        postgresql_where=sa.text("NOT reminder_sent"),
         sqlite_where=sa.text("reminder_sent = 0"),
     )
 
 
 def downgrade():
     for name in [
-        "ix_task_user_reminder_due", "ix_task_user_due_desc", "ix_task_user_due_asc", "ix_task_user_priority",
-        "ix_task_user_title", "ix_task_user_updated", "ix_task_user_created", "ix_task_user_id_id",
+        "ix_task_user_reminder_due",
+        "ix_task_user_due_desc",
+        "ix_task_user_due_asc",
+        "ix_task_user_priority",
+        "ix_task_user_title",
+        "ix_task_user_updated",
+        "ix_task_user_created",
+        "ix_task_user_id_id",
     ]:
         op.drop_index(name, table_name="task")
     op.create_index("ix_task_user_id", "task", ["user_id"])

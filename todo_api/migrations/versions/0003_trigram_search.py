@@ -10,6 +10,7 @@ created (no privilege), the search still works, unindexed.
 Revision ID: 0003
 Revises: 0002
 """
+
 import logging
 
 import sqlalchemy as sa

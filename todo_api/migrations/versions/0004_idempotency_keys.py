@@ -7,6 +7,7 @@ a user's expired keys.
 Revision ID: 0004
 Revises: 0003
 """
+
 import sqlalchemy as sa
 from alembic import op
 

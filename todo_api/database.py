@@ -55,6 +55,15 @@ def build_engine(config, instance_path):
 
 
 def _postgres_engine(url, config):
+    """An engine that works the same on a direct connection and through a transaction pooler.
+
+    PgBouncer in transaction mode (Neon's pooled URL) refuses the `options`
+    startup parameter and hands each transaction whichever server connection is
+    free, so no session state of ours may be relied on except the parameters it
+    tracks per client, the time zone among them. The statement timeout is
+    therefore sent with every statement (`SET LOCAL`, which ends with the
+    statement's own transaction) rather than set once per connection.
+    """
     engine = create_engine(
         url,
         isolation_level="AUTOCOMMIT",
@@ -65,21 +74,48 @@ def _postgres_engine(url, config):
         max_overflow=config["DATABASE_MAX_OVERFLOW"],
         pool_timeout=config["DATABASE_POOL_TIMEOUT"],
         pool_pre_ping=config["DATABASE_POOL_PRE_PING"],
-        connect_args={
-            "connect_timeout": config["DATABASE_CONNECT_TIMEOUT"],
-            "options": _postgres_options(config),
-            "application_name": "todo-api",
-        },
+        connect_args={"connect_timeout": config["DATABASE_CONNECT_TIMEOUT"], "application_name": "todo-api"},
     )
+    event.listen(engine, "connect", _set_utc)
     event.listen(engine, "checkin", _rollback_open_transaction)
+    event.listen(
+        engine,
+        "before_cursor_execute",
+        statement_timeout_prefixer(config["DATABASE_STATEMENT_TIMEOUT_MS"]),
+        retval=True,
+    )
     return engine
 
 
-def _postgres_options(config):
-    options = "-c timezone=UTC"
-    if config["DATABASE_STATEMENT_TIMEOUT_MS"]:
-        options += f" -c statement_timeout={config['DATABASE_STATEMENT_TIMEOUT_MS']}"
-    return options
+def _set_utc(dbapi_connection, _record):
+    """Timestamps without a zone compare in UTC. PgBouncer tracks TimeZone per client and
+    sets it again on whichever server connection serves the next transaction."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET TIME ZONE 'UTC'")
+    dbapi_connection.commit()
+
+
+TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK")
+
+
+def statement_timeout_prefixer(default_ms):
+    """A `before_cursor_execute` hook that bounds each statement's time on the server.
+
+    `SET LOCAL statement_timeout = N; <statement>` is one query string, run by
+    Postgres as one implicit transaction (or inside the explicit one in
+    progress), so the setting lasts exactly as long as the statement's
+    transaction and never reaches another client of a pooled server connection.
+    A statement may ask for its own bound with the execution option
+    `statement_timeout_ms`; 0 means none.
+    """
+
+    def prefix(_conn, _cursor, statement, parameters, context, _executemany):
+        timeout_ms = context.execution_options.get("statement_timeout_ms", default_ms) if context else default_ms
+        if not timeout_ms or statement.startswith(TRANSACTION_CONTROL):
+            return statement, parameters
+        return f"SET LOCAL statement_timeout = {int(timeout_ms)}; {statement}", parameters
+
+    return prefix
 
 
 def _sqlite_engine(url):
@@ -234,7 +270,9 @@ def init_app(app):
 def _migration_connection(engine):
     """A connection with real transactions, so a failed migration leaves nothing half-done."""
     connection = engine.connect()
-    return connection.execution_options(isolation_level=connection.dialect.default_isolation_level)
+    return connection.execution_options(
+        isolation_level=connection.dialect.default_isolation_level, statement_timeout_ms=0
+    )
 
 
 def _alembic_config(connection):

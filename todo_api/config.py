@@ -10,6 +10,9 @@ DEFAULT_CORS_ORIGINS = "http://localhost:3000"
 # client would need to crowd others out of a ~2,000 req/s service.
 DEFAULT_RATELIMIT_PER_USER = "1800 per minute"
 DEFAULT_RATELIMIT_PER_IP = "6000 per minute"
+# Requests of one user in progress at once in one worker process: under GUNICORN_THREADS (4), so that one
+# user's slow requests never hold all of a worker's threads.
+DEFAULT_CONCURRENT_PER_USER = 3
 
 
 def env_str(name, default=None):
@@ -59,6 +62,8 @@ def from_environment():
         "DATABASE_POOL_PRE_PING": env_bool("DATABASE_POOL_PRE_PING", False),
         "DATABASE_CONNECT_TIMEOUT": env_int("DATABASE_CONNECT_TIMEOUT", 3, minimum=1),
         "DATABASE_STATEMENT_TIMEOUT_MS": env_int("DATABASE_STATEMENT_TIMEOUT_MS", 5000),
+        "SEARCH_STATEMENT_TIMEOUT_MS": env_int("SEARCH_STATEMENT_TIMEOUT_MS", 1000),
+        "RESPONSE_MAX_BYTES": env_int("RESPONSE_MAX_BYTES", 1024 * 1024, minimum=1),
         "SECRET_KEY": env_str("SECRET_KEY"),
         "BETTER_AUTH_SECRET": env_str("BETTER_AUTH_SECRET"),
         "BETTER_AUTH_COOKIE_PREFIX": env_str("BETTER_AUTH_COOKIE_PREFIX", "better-auth"),
@@ -71,6 +76,7 @@ def from_environment():
         "RATELIMIT_ENABLED": env_bool("RATELIMIT_ENABLED", True),
         "RATELIMIT_PER_USER": env_str("RATELIMIT_PER_USER", DEFAULT_RATELIMIT_PER_USER),
         "RATELIMIT_PER_IP": env_str("RATELIMIT_PER_IP", DEFAULT_RATELIMIT_PER_IP),
+        "RATELIMIT_CONCURRENT_PER_USER": env_int("RATELIMIT_CONCURRENT_PER_USER", DEFAULT_CONCURRENT_PER_USER),
         "RATELIMIT_HEADERS_ENABLED": env_bool("RATELIMIT_HEADERS_ENABLED", True),
         "RATELIMIT_KEY_PREFIX": env_str("RATELIMIT_KEY_PREFIX", "todo-api"),
         "REDIS_URL": env_str("REDIS_URL"),

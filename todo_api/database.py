@@ -96,6 +96,8 @@ def _set_utc(dbapi_connection, _record):
 
 
 TRANSACTION_CONTROL = ("BEGIN", "COMMIT", "ROLLBACK")
+# One query string: the setting is made in the transaction's first statement, with no timeout of its own.
+BEGIN_WITH_SETTING = "BEGIN; SELECT set_config(%(name)s, %(value)s, true)"
 
 
 def statement_timeout_prefixer(default_ms):
@@ -177,15 +179,24 @@ def advance_timestamp_text(stored, now):
 
 
 @contextmanager
-def transaction(connection):
+def transaction(connection, setting=None):
     """A real transaction on this service's autocommit connections.
 
     Most requests are one statement and need none; the few that must change
     several rows together (completing a recurring task) open one explicitly.
     SQLite takes its write lock up front, so a read inside cannot go stale.
+
+    `setting`, a (name, value) pair (Postgres only), is set for this transaction
+    alone, in the same round trip as BEGIN: statements inside read the value with
+    `current_setting(name)`, so it is not in their text, which Postgres writes
+    to its log when a statement fails. A transaction pooler keeps it on one
+    server connection, and it ends with the transaction.
     """
-    sqlite = connection.dialect.name == "sqlite"
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if sqlite else "BEGIN")
+    if setting is not None:
+        name, value = setting
+        connection.exec_driver_sql(BEGIN_WITH_SETTING, {"name": name, "value": value}).close()
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.dialect.name == "sqlite" else "BEGIN")
     try:
         yield connection
     except BaseException:

@@ -3,20 +3,47 @@
 Every list query is a range scan of the caller's rows on an index that
 matches its sort (see migration 0002), so a page costs the same at any list
 size. Pages are cut with a cursor (the last row's sort value and id), never
-OFFSET. Every value a user sends is a bound parameter; `q` is matched
-literally (LIKE wildcards are escaped).
+OFFSET, after `limit` tasks (1,000 without one) or before the task that would
+take the body over its byte budget, whichever comes first. Every value a user
+sends is a bound parameter.
+
+`q` is matched literally and case-insensitively in title and description. On
+Postgres that is a regular expression in literal mode (`~* '***=word'`): the
+trigram indexes serve it as they serve ILIKE, and its matcher is a lazy DFA,
+so a row costs time linear in its length (ILIKE's `%word%` backtracks: a
+keyword of 199 'a's and a 'b' cost 200 steps per character of a long
+description). The word itself never appears in the SELECT's text: it is set
+for the transaction with `set_config` and read by `current_setting`, so when
+the SELECT is cancelled (by the search's own statement timeout) the
+statement Postgres writes to its log holds no search word. On SQLite, which
+has no server log, it is a LIKE with a bound pattern (wildcards escaped).
 """
 
+import logging
 from datetime import datetime
 
+import orjson
 from itsdangerous import BadSignature, URLSafeSerializer
 from marshmallow import ValidationError
-from sqlalchemy import and_, exists, func, literal, literal_column, or_, select, tuple_
+from psycopg2.errors import QueryCanceled
+from sqlalchemy import Text, and_, exists, func, literal, literal_column, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import ServiceUnavailable
 
+from .database import transaction
 from .models import task, utcnow
 
+log = logging.getLogger(__name__)
+
+EMPTY_PAGE = b'{"data":[]}'
+SEARCH_RETRY_AFTER_SECONDS = 5
+
 CEILING = 1000  # rows per response when the client sets no limit
+# The search word, for the search's transaction only (see the module's docstring).
+SEARCH_SETTING = "todo_api.search"
+SEARCH_PATTERN = func.current_setting(literal_column(f"'{SEARCH_SETTING}'"), type_=Text)
+LITERAL_REGEX = "***="  # an ARE that starts with this is a literal string: no character is special
 PRIORITY_RANK = literal_column("(CASE task.priority WHEN 'low' THEN 0 WHEN 'medium' THEN 1 WHEN 'high' THEN 2 END)")
 SORT_KEYS = {
     "created_at": task.c.created_at,
@@ -45,8 +72,7 @@ def filters(query, dialect):
     if query.get("tags"):
         conditions.append(has_tags(query["tags"], dialect))
     if query.get("q"):
-        pattern = f"%{escape_like(query['q'])}%"
-        conditions.append(or_(task.c.title.ilike(pattern, escape="\\"), task.c.description.ilike(pattern, escape="\\")))
+        conditions.append(matches(query["q"], dialect))
     if query.get("due_before") is not None:
         conditions.append(task.c.due_date < query["due_before"])
     if query.get("due_after") is not None:
@@ -59,6 +85,14 @@ def filters(query, dialect):
         due = and_(task.c.remind_at <= now, task.c.reminder_sent.is_(False))
         conditions.append(due if query["reminder_due"] else ~due | task.c.remind_at.is_(None))
     return conditions
+
+
+def matches(word, dialect):
+    """Tasks whose title or description holds `word`, case-insensitively (see the module's docstring)."""
+    if dialect == "postgresql":
+        return or_(task.c.title.op("~*")(SEARCH_PATTERN), task.c.description.op("~*")(SEARCH_PATTERN))
+    pattern = f"%{escape_like(word)}%"
+    return or_(task.c.title.ilike(pattern, escape="\\"), task.c.description.ilike(pattern, escape="\\"))
 
 
 def has_tags(tags, dialect):
@@ -135,11 +169,59 @@ def sort_of(query):
     return query.get("sort_by", "created_at"), query.get("sort_order", "desc") == "desc", query.get("limit") or CEILING
 
 
-def list_tasks(db, user_id, query, cursors):
-    """One page of the caller's tasks and the cursor of the next page (or None)."""
-    rows = db.execute(list_statement(user_id, query, db.dialect.name, cursors)).all()
+class SearchTooSlow(ServiceUnavailable):
+    """A search ran past SEARCH_STATEMENT_TIMEOUT_MS and was cancelled.
+
+    503, not 422: the keyword is valid, and the same search may finish on a
+    less busy database; but a keyword found in fewer tasks is the better bet.
+    """
+
+    description = "The search took too long; try a more specific keyword"
+
+
+def find_tasks(db, user_id, query, cursors, search_timeout_ms=0):
+    """The rows of one page, and one more when more follow.
+
+    On Postgres a search runs in a transaction of its own that holds the search
+    word in a setting (`SEARCH_SETTING`); its SELECT is bounded by
+    `search_timeout_ms` (0: the database's default statement timeout), and a
+    cancelled search is `SearchTooSlow`.
+    """
+    statement = list_statement(user_id, query, db.dialect.name, cursors)
+    if not query.get("q") or db.dialect.name != "postgresql":
+        return db.execute(statement).all()
+    options = {"statement_timeout_ms": search_timeout_ms} if search_timeout_ms else {}
+    try:
+        with transaction(db, setting=(SEARCH_SETTING, LITERAL_REGEX + query["q"])):
+            return db.execute(statement, execution_options=options).all()
+    except OperationalError as error:
+        if not isinstance(error.orig, QueryCanceled):
+            raise
+        log.warning("search cancelled: %s", type(error.orig).__name__)
+        raise SearchTooSlow(retry_after=SEARCH_RETRY_AFTER_SECONDS) from None
+
+
+def page_body(rows, query, cursors, serialize, max_bytes):
+    """The JSON body of one page: `{"data": [...]}`, and `next_cursor` when more tasks follow.
+
+    The page ends after `limit` tasks (1,000 without one), or before the task
+    that would take the body over `max_bytes`, whichever comes first; it always
+    holds at least one task when there is one. Either way `next_cursor` goes on
+    from its last task. `serialize` turns a row into its JSON bytes.
+    """
     sort_by, descending, limit = sort_of(query)
-    if len(rows) <= limit:
-        return rows, None
-    rows = rows[:limit]
-    return rows, cursors.dump(sort_by, descending, rows[-1])
+    tasks, size = [], len(EMPTY_PAGE)
+    for row in rows[:limit]:
+        serialized = serialize(row)
+        grown = size + len(serialized) + (1 if tasks else 0)  # a comma between tasks
+        if tasks and grown > max_bytes:
+            break
+        tasks.append(serialized)
+        size = grown
+    if len(tasks) == len(rows):
+        return EMPTY_PAGE[:-2] + b",".join(tasks) + b"]}"
+    while True:  # the cursor must fit too: give back tasks until it does, keeping one
+        cursor_field = b',"next_cursor":' + orjson.dumps(cursors.dump(sort_by, descending, rows[len(tasks) - 1]))
+        if size + len(cursor_field) <= max_bytes or len(tasks) == 1:
+            return EMPTY_PAGE[:-2] + b",".join(tasks) + b"]" + cursor_field + b"}"
+        size -= len(tasks.pop()) + 1

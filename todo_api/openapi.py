@@ -85,14 +85,14 @@ RESPONSES = {
     ),
     "ValidationFailed": error("Invalid fields or query parameters; `errors` names each one."),
     "TooManyRequests": error(
-        "Rate limit exceeded.",
+        "Rate limit exceeded, or too many of the user's requests in progress at once.",
         {
             "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}},
             **RATE_LIMIT_HEADERS,
         },
     ),
     "ServiceUnavailable": error(
-        "The database is unavailable; retry later.",
+        "The database is unavailable, or a search took too long; retry later.",
         {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
     ),
 }
@@ -202,7 +202,9 @@ def public(operation):
 
 LIST_DESCRIPTION = (
     "The caller's tasks, newest first unless sorted otherwise. Filters combine; ties break on `id`. Without "
-    "`limit`, up to 1,000 tasks come back; when more follow, `next_cursor` is set."
+    "`limit`, up to 1,000 tasks come back. A page also ends before the task that would take the response over "
+    "`RESPONSE_MAX_BYTES` (1 MiB by default; a page always holds at least one task). When more follow, "
+    "`next_cursor` is set."
 )
 LIST_QUERY = [{"in": "query", "schema": ListQuerySchema}]
 TASK_LIST = ok("One page of tasks.", TaskListEnvelopeSchema)
@@ -266,7 +268,8 @@ OPERATIONS = {
         {
             "summary": "Search tasks",
             "description": "The list, searched: `keyword` (required) is matched case-insensitively and literally in "
-            "title and description. Takes every list parameter.",
+            "title and description. Takes every list parameter. A search that runs over its time bound "
+            "(`SEARCH_STATEMENT_TIMEOUT_MS`) answers 503 `The search took too long; try a more specific keyword`.",
             "parameters": [{"in": "query", "schema": SearchQuerySchema}],
             "responses": {"200": TASK_LIST},
         },

@@ -10,6 +10,11 @@ Two limits, both fixed windows (one counter increment per limit per request):
   right after authentication, keyed by `g.user_id` (by address if a request
   ever gets there without a user).
 
+A third bound, `RATELIMIT_CONCURRENT_PER_USER`, counts a user's requests in
+progress in this worker process (`InFlight`): one more is refused at once
+with 429, so however slow a user's requests are, they can hold only so many of
+a worker's threads, and the rest serve everyone else.
+
 Counters live in Redis when `REDIS_URL` is set, so the limits hold across
 gunicorn workers and instances; otherwise in each worker's memory. When Redis
 cannot be reached, Flask-Limiter falls back to in-memory counters (per worker,
@@ -24,11 +29,13 @@ while a client should only be told to wait when it has been refused.
 """
 
 import logging
+import threading
 import time
 
 from flask import current_app, g, request
 from flask_limiter import ApplicationLimit, Limiter
 from limits import parse_many
+from werkzeug.exceptions import TooManyRequests
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 log = logging.getLogger(__name__)
@@ -87,6 +94,35 @@ def per_user(*_args, **_kwargs):
     """Nothing: wrapped in the per-user limit, calling it counts the request against it."""
 
 
+class InFlight:
+    """How many requests each user has in progress in this process, up to `limit` each."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.counts = {}
+
+    def enter(self, user_id):
+        """Count one more request of `user_id`; False, counting nothing, when it already has `limit`."""
+        with self.lock:
+            count = self.counts.get(user_id, 0)
+            if count >= self.limit:
+                return False
+            self.counts[user_id] = count + 1
+            return True
+
+    def leave(self, user_id):
+        with self.lock:
+            count = self.counts.pop(user_id) - 1
+            if count:
+                self.counts[user_id] = count
+
+
+class TooManyInFlight(TooManyRequests):
+    def __init__(self, limit):
+        super().__init__(f"Too many requests in progress: at most {limit} at once per user", retry_after=1)
+
+
 def init_app(app):
     config = app.config
     if config["TRUSTED_PROXY_HOPS"]:
@@ -94,8 +130,12 @@ def init_app(app):
         # anything before them came from the client and is not trusted.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config["TRUSTED_PROXY_HOPS"], x_proto=0, x_host=0, x_port=0)
     app.extensions["todo_api.limit_user"] = None
+    app.extensions["todo_api.in_flight"] = None
     if not config["RATELIMIT_ENABLED"]:
         return
+    if config["RATELIMIT_CONCURRENT_PER_USER"]:
+        app.extensions["todo_api.in_flight"] = InFlight(config["RATELIMIT_CONCURRENT_PER_USER"])
+        app.teardown_request(leave_in_flight)
 
     per_ip = config["RATELIMIT_PER_IP"]
     ip_message = f"Rate limit exceeded: {described('RATELIMIT_PER_IP', per_ip)} per client address"
@@ -125,13 +165,26 @@ def init_app(app):
 
 
 def limit_user():
-    """Count this request against the caller's per-user limit; 429 when it is used up.
+    """Count this request against the caller's per-user limits; 429 when one is used up.
 
-    Call it after authentication, so the limit is keyed by the user.
+    Call it after authentication, so the limits are keyed by the user. The
+    request stays counted among the user's requests in progress until its
+    teardown, whatever happens to it.
     """
     check = current_app.extensions["todo_api.limit_user"]
     if check is not None:
         check()
+    in_flight = current_app.extensions["todo_api.in_flight"]
+    if in_flight is not None:
+        if not in_flight.enter(g.user_id):
+            raise TooManyInFlight(in_flight.limit)
+        g.in_flight_user = g.user_id
+
+
+def leave_in_flight(_exc=None):
+    user_id = g.pop("in_flight_user", None)
+    if user_id is not None:
+        current_app.extensions["todo_api.in_flight"].leave(user_id)
 
 
 def rate_limit_headers(response):

@@ -15,6 +15,8 @@ DESCRIPTION_MAX = 10_000
 CATEGORY_MAX = 100
 TAGS_MAX = 50
 TAG_MAX = 50
+# A search costs each task time linear in its length plus up to the square of the keyword's (see listing.py).
+SEARCH_MAX = 100
 
 
 def storable_text(value):
@@ -182,7 +184,7 @@ class ListQuerySchema(Schema):
     priority = CommaList(fields.String(validate=validate.OneOf(PRIORITIES)), validate=validate.Length(min=1))
     category = text(CATEGORY_MAX)
     tags = CommaList(text(TAG_MAX, min_length=1), validate=validate.Length(min=1, max=TAGS_MAX))
-    q = text(200)
+    q = text(SEARCH_MAX)
     due_before = UtcInput()
     due_after = UtcInput()
     overdue = QueryBoolean()
@@ -196,7 +198,7 @@ class ListQuerySchema(Schema):
 class SearchQuerySchema(ListQuerySchema):
     """`GET /api/tasks/search?keyword=...`: the list's parameters, with a required keyword."""
 
-    q = text(200, min_length=1, required=True, data_key="keyword")
+    q = text(SEARCH_MAX, min_length=1, required=True, data_key="keyword")
 
 
 task_create_schema = TaskCreateSchema()

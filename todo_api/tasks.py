@@ -14,6 +14,7 @@ from . import idempotency, listing, models
 from .auth import authenticate
 from .conditional import etag, etag_of, if_match_versions, none_match
 from .database import get_db
+from .json_provider import OPTIONS as JSON_OPTIONS
 from .ratelimit import limit_user
 from .schemas import (
     completion_schema,
@@ -44,11 +45,15 @@ def has_body():
 
 
 def page(query):
-    rows, next_cursor = listing.list_tasks(get_db(), g.user_id, query, current_app.extensions["todo_api.cursors"])
-    body = {"data": [task_output(row) for row in rows]}
-    if next_cursor:
-        body["next_cursor"] = next_cursor
-    return body
+    """One page of the caller's tasks, at most RESPONSE_MAX_BYTES long (see `listing.page_body`)."""
+    config, cursors = current_app.config, current_app.extensions["todo_api.cursors"]
+    rows = listing.find_tasks(get_db(), g.user_id, query, cursors, config["SEARCH_STATEMENT_TIMEOUT_MS"])
+    body = listing.page_body(rows, query, cursors, serialized_task, config["RESPONSE_MAX_BYTES"])
+    return Response(body, mimetype="application/json")
+
+
+def serialized_task(row):
+    return orjson.dumps(task_output(row), option=JSON_OPTIONS)
 
 
 def one_task(row):

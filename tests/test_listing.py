@@ -3,9 +3,13 @@
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
+import orjson
 import pytest
+from conftest import user_id_of
+from sqlalchemy import event, text
 
 from todo_api import listing
+from todo_api.database import get_engine
 
 
 def iso(dt):
@@ -217,6 +221,8 @@ def test_edited_cursor_is_422(listed, create_task):
 
 
 HOSTILE = ["'", "%", "_", "\\", "'; DROP TABLE task; --", '" OR 1=1 --', "%_\\%", "' OR ''='", "ñ%"]
+# What a regular expression would take for more than itself (Postgres matches `q` as a literal one).
+HOSTILE += [".*", "a|p", "(?i)x", "[a-z]", "\\d", "$^", "***=.", "x{0}", "***:."]
 
 
 @pytest.mark.parametrize("value", HOSTILE)
@@ -260,3 +266,138 @@ def test_filters_never_cross_users(client, other_auth, listed, sample):
     for params in intruder:
         response = client.get(f"/api/tasks?{urlencode(params)}", headers=other_auth)
         assert response.get_json() == {"data": []}
+
+
+# -- Cost bounds: the byte cap, the search's matcher, time bound and statement ---------------------------------
+
+
+def max_size_task(n):
+    """A task at every documented maximum, with characters that JSON writes in two bytes."""
+    return {
+        "title": f"{n:03d} " + "T" * 251,
+        "description": ('é"\\' * 3334)[:10_000],
+        "category": "c" * 100,
+        "tags": [f"{i:02d}" + "g" * 48 for i in range(50)],
+    }
+
+
+def walk(listed, path="/api/tasks", **params):
+    """Every page of a listing, following next_cursor: the responses."""
+    responses, cursor = [], None
+    while True:
+        response = listed(path, **params, **({"cursor": cursor} if cursor else {}))
+        assert response.status_code == 200, response.get_json()
+        responses.append(response)
+        cursor = response.get_json().get("next_cursor")
+        if cursor is None:
+            return responses
+
+
+def serialized_size(task):
+    return len(orjson.dumps(task))
+
+
+def test_pages_of_large_tasks_stop_at_the_byte_cap_and_the_cursors_yield_every_task_once(app, client, auth, listed):
+    created = [client.post("/api/tasks", json=max_size_task(n), headers=auth).get_json()["data"] for n in range(200)]
+    cap = app.config["RESPONSE_MAX_BYTES"]
+    assert cap == 1024 * 1024
+    assert sum(serialized_size(task) for task in created) > 4 * cap  # max-size tasks: about 23 KB each
+    for params in [{}, {"limit": 100}, {"sort_by": "title", "sort_order": "asc"}]:
+        pages = walk(listed, **params)
+        tasks = [task for page in pages for task in page.get_json()["data"]]
+        assert tasks == (created if params.get("sort_order") == "asc" else created[::-1]), params
+        assert len(pages) == 5, params
+        for page, following in zip(pages, pages[1:], strict=False):
+            assert len(page.data) <= cap
+            next_task = following.get_json()["data"][0]
+            assert len(page.data) + 1 + serialized_size(next_task) > cap  # it stopped at the task that would cross it
+
+
+def test_a_page_holds_at_least_one_task_whatever_its_size(make_app, new_session):
+    client = make_app(RESPONSE_MAX_BYTES=1).test_client()
+    auth = {"Authorization": f"Bearer {new_session()}"}
+    ids = [client.post("/api/tasks", json={"title": f"t{n}"}, headers=auth).get_json()["data"]["id"] for n in range(3)]
+    pages = walk(lambda path, **params: client.get(path, query_string=params, headers=auth))
+    assert [[task["id"] for task in page.get_json()["data"]] for page in pages] == [[ids[2]], [ids[1]], [ids[0]]]
+
+
+def test_the_cursor_counts_against_the_cap_too(make_app, new_session):
+    """Whatever the cap, a page of more than one task fits in it with its cursor (sorted by title, the cursor
+    carries the title: it is as long as a task), and the pages together are the whole list."""
+    app = make_app()
+    auth = {"Authorization": f"Bearer {new_session()}"}
+    client = app.test_client()
+    for n in range(12):
+        client.post("/api/tasks", json={"title": f"{n:02d} " + "x" * (20 + 17 * n)}, headers=auth)
+    whole = client.get("/api/tasks?sort_by=title", headers=auth).get_json()["data"]
+    for cap in range(300, 4000, 127):
+        app.config["RESPONSE_MAX_BYTES"] = cap
+        pages = walk(lambda path, **params: client.get(path, query_string=params, headers=auth), sort_by="title")
+        for page in pages:
+            assert len(page.data) <= cap or len(page.get_json()["data"]) == 1, (cap, len(page.data))
+        assert [task for page in pages for task in page.get_json()["data"]] == whole
+
+
+@pytest.fixture
+def on_postgres(backend):
+    if backend != "postgres":
+        pytest.skip("Postgres's matcher, statement timeout and log")
+
+
+def test_search_folds_case_beyond_ascii_on_postgres(on_postgres, listed, create_task):
+    wanted = create_task(title="Ñandú Straße", description="ÉCOLE")
+    other = create_task(title="nandu strasse")
+    expected = {"ñANDÚ": [wanted["id"]], "école": [wanted["id"]], "ß": [wanted["id"]], "STRASSE": [other["id"]]}
+    assert {word: [task["id"] for task in listed(q=word).get_json()["data"]] for word in expected} == expected
+
+
+def insert_long_tasks(app, token, count):
+    """`count` tasks whose titles and descriptions are 'a's at their maximum lengths, by SQL, for speed."""
+    with get_engine(app).begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO task (user_id, title, description, completed, priority, tags, created_at, updated_at,"
+                " reminder_sent) SELECT :user_id, repeat('a', 255), repeat('a', 10000), false, 'medium', '[]',"
+                " now() - g * interval '1 second', now(), false FROM generate_series(1, :count) AS g"
+            ),
+            {"user_id": user_id_of(app, token), "count": count},
+        )
+
+
+# 99 'a's then a 'b': ILIKE '%...%' tried 99 characters at each of the 10,000 of a description.
+ATTACK = "a" * 99 + "b"
+
+
+def test_a_search_over_its_time_bound_is_a_503_and_nothing_else_is_bounded_by_it(on_postgres, make_app, token, caplog):
+    app = make_app(SEARCH_STATEMENT_TIMEOUT_MS=1)
+    insert_long_tasks(app, token, 200)
+    client, auth = app.test_client(), {"Authorization": f"Bearer {token}"}
+    response = client.get("/api/tasks/search", query_string={"keyword": ATTACK}, headers=auth)
+    assert response.status_code == 503
+    assert response.get_json() == {"detail": "The search took too long; try a more specific keyword"}
+    assert response.headers["Retry-After"] == "5"
+    assert "search cancelled: QueryCanceled" in caplog.text
+    assert ATTACK not in caplog.text
+    # The same connection serves on (the search's transaction was rolled back), and lists are not searches.
+    listing_all = client.get("/api/tasks", query_string={"limit": 200}, headers=auth)
+    assert listing_all.status_code == 200
+    assert 1 < len(listing_all.get_json()["data"]) < 200  # 10 KB each: the byte cap ends the page
+    assert "next_cursor" in listing_all.get_json()
+    app.config["SEARCH_STATEMENT_TIMEOUT_MS"] = 5000
+    response = client.get("/api/tasks/search", query_string={"keyword": ATTACK}, headers=auth)
+    assert response.get_json() == {"data": []}
+
+
+def test_the_search_word_is_not_in_the_text_of_the_select(on_postgres, app, listed, create_task):
+    wanted = create_task(title="the secret word is zeppelin")
+    sent = []
+    event.listen(get_engine(app), "after_cursor_execute", lambda *args: sent.append(args[1].query.decode()))
+    assert [task["id"] for task in listed(q="zeppelin").get_json()["data"]] == [wanted["id"]]
+    assert [query for query in sent if "zeppelin" in query] == [
+        "BEGIN; SELECT set_config('todo_api.search', '***=zeppelin', true)"
+    ]
+    select = [query for query in sent if "FROM task" in query]
+    assert len(select) == 1
+    assert select[0].startswith("SET LOCAL statement_timeout = 1000; SELECT task.id")
+    assert "current_setting('todo_api.search')" in select[0]
+    assert sent[-1] == "COMMIT"

@@ -2,7 +2,9 @@
 
 The plans are read from a database of its own, filled once with 40,000 tasks
 of 40 users (10,000 of them the caller's, more than one page without a limit)
-and analysed, so the planner sees a realistic table.
+and analysed, so the planner sees a realistic table. Searches are planned for
+a user with 40,000 tasks, added for them, with the word in the transaction's
+setting as the service sends it.
 """
 
 import pytest
@@ -11,7 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.dialects import postgresql
 
 from todo_api import create_app, listing
-from todo_api.database import get_engine, normalize_url, upgrade
+from todo_api.database import get_engine, normalize_url, transaction, upgrade
 
 FILL = text("""
     INSERT INTO task (user_id, title, description, completed, priority, category, tags,
@@ -38,12 +40,17 @@ def explain(postgres_url):
     connection.execute(text("ANALYZE task"))
     cursors = app.extensions["todo_api.cursors"]
 
-    def plan(**query):
-        statement = listing.list_statement("user-7", query, "postgresql", cursors)
+    def plan(user_id="user-7", **query):
+        statement = listing.list_statement(user_id, query, "postgresql", cursors)
         sql = statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
-        return "\n".join(connection.execute(text(f"EXPLAIN {sql}")).scalars())
+        if "q" not in query:
+            return "\n".join(connection.execute(text(f"EXPLAIN {sql}")).scalars())
+        # A search's SELECT reads the word from its transaction's setting, as the service runs it.
+        with transaction(connection, setting=(listing.SEARCH_SETTING, listing.LITERAL_REGEX + query["q"])):
+            return "\n".join(connection.execute(text(f"EXPLAIN {sql}")).scalars())
 
     plan.cursors = cursors
+    plan.connection = connection
     yield plan
     connection.close()
     get_engine(app).dispose()
@@ -99,3 +106,29 @@ def test_a_deep_page_starts_inside_the_index(explain, sort_by, index):
     assert_index_range_scan(plan, index)
     condition = plan.splitlines()[2]
     assert "Index Cond:" in condition and f"ROW({sort_by}" in condition.replace("(title)::text", "title"), plan
+
+
+@pytest.fixture(scope="module")
+def search_user(explain):
+    """A user with 40,000 tasks: enough that the planner prefers the trigram indexes to filtering every row."""
+    explain.connection.execute(
+        text(
+            "INSERT INTO task (user_id, title, description, completed, priority, tags, created_at, updated_at, "
+            "reminder_sent) SELECT 'user-search', 'title ' || g, 'description ' || g, false, 'medium', '[]', "
+            "now() - g * interval '1 minute', now(), false FROM generate_series(1, 40000) AS g"
+        )
+    )
+    explain.connection.execute(text("ANALYZE task"))
+    return "user-search"
+
+
+@pytest.mark.parametrize("word", ["milk", "title 1234", "description 77"])
+def test_a_search_is_served_by_both_trigram_indexes_with_the_word_read_at_run_time(explain, search_user, word):
+    plan = explain(search_user, q=word, limit=50)
+    assert "BitmapOr" in plan, plan
+    for index, column in (("ix_task_title_trgm", "title"), ("ix_task_description_trgm", "description")):
+        scan = plan.index(f"Bitmap Index Scan on {index}")
+        condition = plan[scan:].splitlines()[1]
+        assert f"(user_id)::text = '{search_user}'::text" in condition, plan
+        assert f"(({column})::text ~* current_setting('todo_api.search'::text))" in condition, plan
+    assert "Seq Scan" not in plan and word not in plan, plan

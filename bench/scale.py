@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from todo_api import create_app, listing  # noqa: E402
 from todo_api.cli import create_user_session  # noqa: E402
-from todo_api.database import get_engine, normalize_url, upgrade  # noqa: E402
+from todo_api.database import get_engine, normalize_url, transaction, upgrade  # noqa: E402
 from todo_api.models import auth_tables  # noqa: E402
 
 COMMON_WORD = "quarterly"  # in the title of every 100th task
@@ -94,7 +94,7 @@ def parse_args():
 
 
 def fill(connection, user_id, size):
-    connection.execute(text("SET statement_timeout = 0"))  # the app's timeout is for requests, not bulk loads
+    connection.execution_options(statement_timeout_ms=0)  # the app's timeout is for requests, not bulk loads
     connection.execute(text("TRUNCATE task RESTART IDENTITY"))
     connection.execute(text("SELECT setseed(0.42)"))
     connection.execute(FILL, {"n": size, "others": False, "user_id": user_id})
@@ -129,7 +129,8 @@ def explain_search(app, connection, user_id, word):
     cursors = app.extensions["todo_api.cursors"]
     statement = listing.list_statement(user_id, {"q": word, "limit": 50}, "postgresql", cursors)
     sql = statement.compile(dialect=postgresql.dialect(paramstyle="named"), compile_kwargs={"literal_binds": True})
-    plan = connection.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")).scalars().all()
+    with transaction(connection, setting=(listing.SEARCH_SETTING, listing.LITERAL_REGEX + word)):  # as the app does
+        plan = connection.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")).scalars().all()
     uses_trgm = any("_trgm" in line for line in plan)
     print(f"\nEXPLAIN ANALYZE, search q={word!r}: pg_trgm index {'USED' if uses_trgm else 'NOT used'}")
     for line in plan:

@@ -310,7 +310,7 @@ def test_an_unexpected_database_error_is_a_500_whose_log_holds_no_value_sent(clu
 class Service:
     """The service under gunicorn, started as the Procfile starts it, output captured."""
 
-    def __init__(self, database_url, log_path):
+    def __init__(self, database_url, log_path, env=None):
         self.port = free_port()
         self.log_path = log_path
         env = {
@@ -325,6 +325,8 @@ class Service:
             # All the load comes from one address and one user: counted, never refused.
             "RATELIMIT_PER_IP": "1000000 per minute",
             "RATELIMIT_PER_USER": "1000000 per minute",
+            "RATELIMIT_CONCURRENT_PER_USER": "0",
+            **(env or {}),
         }
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(

@@ -4,9 +4,8 @@ import logging
 
 from dotenv import find_dotenv, load_dotenv
 from flask import Flask
-from flask_cors import CORS
 
-from . import cli, config, database, errors, ratelimit
+from . import cli, config, cors, database, errors, ratelimit
 from .json_provider import OrjsonProvider
 from .listing import Cursors
 from .models import session_lookup
@@ -37,17 +36,7 @@ def register_extensions(app):
     app.extensions["todo_api.cursors"] = Cursors(
         app.config["SECRET_KEY"] or app.config["BETTER_AUTH_SECRET"] or DEVELOPMENT_SECRET
     )
-    origins = app.config["CORS_ORIGINS"]
-    # Credentials are never allowed together with a wildcard origin. The browser
-    # shows a script only the response headers exposed here: ETag for If-Match,
-    # the rate-limit headers (Retry-After on a 429).
-    CORS(
-        app,
-        origins=origins,
-        supports_credentials="*" not in origins,
-        max_age=600,
-        expose_headers=["ETag", "Idempotent-Replayed", *ratelimit.HEADERS],
-    )
+    cors.init_app(app)
     ratelimit.init_app(app)
 
 

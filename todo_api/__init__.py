@@ -5,7 +5,7 @@ import logging
 from dotenv import find_dotenv, load_dotenv
 from flask import Flask
 
-from . import cli, config, cors, database, errors, ratelimit
+from . import cli, config, cors, database, errors, ratelimit, web
 from .json_provider import OrjsonProvider
 from .listing import Cursors
 from .models import session_lookup
@@ -17,6 +17,7 @@ def create_app(test_config=None):
     """Build the app. `test_config` replaces settings read from the environment."""
     load_dotenv(find_dotenv(usecwd=True))
     app = Flask(__name__, instance_relative_config=True)
+    web.init_app(app)
     app.json = OrjsonProvider(app)
     app.config.from_mapping(config.from_environment())
     if test_config is not None:

@@ -1,0 +1,31 @@
+"""How the app speaks HTTP beyond its routes: the body limit on every body."""
+
+from flask import Request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+
+class BoundedRequest(Request):
+    """Flask's request, with MAX_CONTENT_LENGTH enforced on bodies of unknown length too.
+
+    Werkzeug refuses a `Content-Length` over the limit, but a chunked body (no
+    length; gunicorn sets `wsgi.input_terminated`) is read up to the limit and
+    the rest silently dropped: a body cut at 1 MiB could be stored. Here a body
+    that reaches the limit and goes on is a 413.
+    """
+
+    def get_data(self, cache=True, as_text=False, parse_form_data=False):
+        data = super().get_data(cache=cache, as_text=False, parse_form_data=parse_form_data)
+        self.refuse_if_cut(data)
+        return data.decode(errors="replace") if as_text else data
+
+    def refuse_if_cut(self, data):
+        limit = self.max_content_length
+        if limit is None or self.content_length is not None or len(data) < limit:
+            return
+        # The limited stream stopped at the limit; one more byte from the server's stream means it was cut.
+        if self.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
+
+
+def init_app(app):
+    app.request_class = BoundedRequest

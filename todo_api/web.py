@@ -1,4 +1,4 @@
-"""How the app speaks HTTP beyond its routes: the body limit on every body."""
+"""How the app speaks HTTP beyond its routes: the body limit on every body, URLs matched without redirects."""
 
 from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -28,4 +28,9 @@ class BoundedRequest(Request):
 
 
 def init_app(app):
+    """Call before any route is added: a rule takes the URL map's settings when it is added."""
     app.request_class = BoundedRequest
+    # Werkzeug answers `/api//tasks` with a redirect to the merged path on the host the request named
+    # (`Location: http://evil.example/api/tasks`). No URL here redirects: such a path is a 404.
+    app.url_map.merge_slashes = False
+    app.url_map.redirect_defaults = False

@@ -7,7 +7,8 @@ or `*` for any origin. flask-cors would read an entry holding `*` or another
 regex character as an unanchored regular expression, so every entry is handed
 to it already compiled and anchored at both ends.
 
-Credentials are allowed unless `*` is among the entries.
+Credentials are allowed unless `*` is among the entries. `Vary: Origin` is
+added to every response by `web.py`, not here: flask-cors adds it only to some.
 """
 
 import re
@@ -49,4 +50,5 @@ def init_app(app):
         supports_credentials=ANY_ORIGIN not in entries,
         max_age=600,
         expose_headers=["ETag", "Idempotent-Replayed", *ratelimit.HEADERS],
+        vary_header=False,
     )

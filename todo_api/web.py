@@ -1,6 +1,13 @@
-"""How the app speaks HTTP beyond its routes: the body limit on every body, URLs matched without redirects."""
+"""How the app speaks HTTP beyond its routes.
 
-from flask import Request
+The body limit on every body, URLs matched without redirects, and the headers
+every response carries: `X-Content-Type-Options: nosniff` everywhere;
+`Vary: Origin` everywhere, since CORS answers on every path and its headers
+depend on the Origin; and `Cache-Control: no-store` on `/api`, whose answers
+are one user's data (errors included).
+"""
+
+from flask import Request, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 
@@ -27,6 +34,20 @@ class BoundedRequest(Request):
             raise RequestEntityTooLarge()
 
 
+def is_api(path):
+    # Werkzeug matches `//api/tasks` as `/api/tasks`, so leading slashes do not count.
+    return path.lstrip("/").split("/", 1)[0] == "api"
+
+
+def protective_headers(response):
+    headers = response.headers
+    headers["X-Content-Type-Options"] = "nosniff"
+    response.vary.add("Origin")
+    if is_api(request.path):
+        headers["Cache-Control"] = "no-store"
+    return response
+
+
 def init_app(app):
     """Call before any route is added: a rule takes the URL map's settings when it is added."""
     app.request_class = BoundedRequest
@@ -34,3 +55,5 @@ def init_app(app):
     # (`Location: http://evil.example/api/tasks`). No URL here redirects: such a path is a 404.
     app.url_map.merge_slashes = False
     app.url_map.redirect_defaults = False
+    # Registered first, so it runs last: after CORS and the rate-limit headers.
+    app.after_request(protective_headers)

@@ -46,13 +46,40 @@ def test_an_invalid_integer_setting_names_the_variable(monkeypatch):
         from_environment()
 
 
-def test_a_dotenv_file_in_the_working_directory_is_read(monkeypatch, tmp_path):
-    (tmp_path / ".env").write_text("CORS_ORIGINS=https://from-dotenv.example\n")
-    monkeypatch.delenv("CORS_ORIGINS", raising=False)
-    monkeypatch.chdir(tmp_path)
-    try:
-        app = create_app()
+@pytest.fixture
+def app_in(monkeypatch, tmp_path):
+    """`app_in(directory)`: an app created with `directory` as the working directory."""
+    apps = []
+
+    def create(directory):
+        monkeypatch.chdir(directory)
+        apps.append(create_app({"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path / 'todo.sqlite'}"}))
+        return apps[-1]
+
+    yield create
+    for app in apps:
         get_engine(app).dispose()
-        assert app.config["CORS_ORIGINS"] == ["https://from-dotenv.example"]
-    finally:
-        os.environ.pop("CORS_ORIGINS", None)  # load_dotenv set it; monkeypatch only restores what it changed
+
+
+@pytest.fixture
+def unset_after(monkeypatch):
+    """Unset these variables after the test: load_dotenv sets them, and monkeypatch restores only what it changed."""
+    names = ["CORS_ORIGINS"]
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    yield
+    for name in names:
+        os.environ.pop(name, None)
+
+
+def test_a_dotenv_file_in_the_working_directory_is_read(app_in, tmp_path, unset_after):
+    (tmp_path / ".env").write_text("CORS_ORIGINS=https://from-dotenv.example\n")
+    assert app_in(tmp_path).config["CORS_ORIGINS"] == ["https://from-dotenv.example"]
+
+
+def test_a_dotenv_file_in_a_parent_directory_is_not_read(app_in, tmp_path, unset_after):
+    (tmp_path / ".env").write_text("CORS_ORIGINS=https://from-a-parent.example\n")
+    working = tmp_path / "project" / "instance"
+    working.mkdir(parents=True)
+    assert app_in(working).config["CORS_ORIGINS"] == ["http://localhost:3000"]
+    assert "CORS_ORIGINS" not in os.environ

@@ -1,8 +1,9 @@
 """todo-api: per-user tasks behind Better Auth sessions."""
 
 import logging
+from pathlib import Path
 
-from dotenv import find_dotenv, load_dotenv
+from dotenv import load_dotenv
 from flask import Flask
 
 from . import cli, config, cors, database, errors, ratelimit, web
@@ -15,7 +16,8 @@ DEVELOPMENT_SECRET = "todo-api-development-secret"
 
 def create_app(test_config=None):
     """Build the app. `test_config` replaces settings read from the environment."""
-    load_dotenv(find_dotenv(usecwd=True))
+    # Only the working directory's .env: never one found in a parent directory.
+    load_dotenv(Path.cwd() / ".env")
     app = Flask(__name__, instance_relative_config=True)
     web.init_app(app)
     app.json = OrjsonProvider(app)

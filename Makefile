@@ -15,7 +15,8 @@ install: $(BIN)/.installed
 
 run: install
 	$(BIN)/flask --app todo_api init-db
-	$(BIN)/flask --app todo_api run --port $${PORT:-5000}
+	# Development mode: the reloader, and cursors may be signed with the development secret.
+	FLASK_DEBUG=1 $(BIN)/flask --app todo_api run --port $${PORT:-5000}
 
 test: install
 	$(BIN)/pytest

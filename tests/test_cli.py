@@ -1,6 +1,9 @@
 """The command-line tools: `init-db` and `create-session`."""
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from conftest import base_config
@@ -85,3 +88,42 @@ def test_create_session_refuses_a_lifetime_under_one_day(app):
     assert "Invalid value for '--days'" in result.output
     with get_engine(app).connect() as connection:
         assert connection.execute(select(func.count()).select_from(user)).scalar() == 0
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVELOPMENT_WARNING = (
+    "WARNING todo_api: SECRET_KEY and BETTER_AUTH_SECRET are unset: page cursors are signed with a public "
+    "development secret"
+)
+
+
+def flask_command(tmp_path, *args):
+    """`flask --app todo_api ...` as on a fresh clone: no secret, no FLASK_DEBUG, no .env."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in {"SECRET_KEY", "BETTER_AUTH_SECRET", "FLASK_DEBUG", "DATABASE_URL"}
+    }
+    env.update(PYTHONPATH=REPO, FLASK_SKIP_DOTENV="1", DATABASE_URL=f"sqlite:///{tmp_path / 'fresh.sqlite'}")
+    command = [sys.executable, "-m", "flask", "--app", "todo_api", *args]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_commands_work_without_a_secret_and_warn_on_stderr(tmp_path):
+    done = flask_command(tmp_path, "init-db")
+    assert (done.returncode, done.stdout) == (0, "Initialized the database (sqlite).\n")
+    assert DEVELOPMENT_WARNING in done.stderr
+    done = flask_command(tmp_path, "create-session", "me@example.com")
+    assert done.returncode == 0
+    assert re.fullmatch(r"[A-Za-z0-9]{32}\n", done.stdout), done.stdout  # the token alone: TOKEN=$(...) works
+    assert DEVELOPMENT_WARNING in done.stderr
+
+
+def test_flask_run_without_a_secret_or_debug_refuses_to_start(tmp_path):
+    done = flask_command(tmp_path, "run", "--port", "0")
+    assert done.returncode == 1
+    assert (
+        done.stderr.rstrip()
+        .splitlines()[-1]
+        .startswith("RuntimeError: SECRET_KEY or BETTER_AUTH_SECRET must be set: page cursors are signed with it")
+    )

@@ -3,6 +3,7 @@
 import logging
 from pathlib import Path
 
+import click
 from dotenv import load_dotenv
 from flask import Flask
 
@@ -11,7 +12,13 @@ from .json_provider import OrjsonProvider
 from .listing import Cursors
 from .models import session_lookup
 
+log = logging.getLogger(__name__)
+
 DEVELOPMENT_SECRET = "todo-api-development-secret"
+MISSING_SECRET = (
+    "SECRET_KEY or BETTER_AUTH_SECRET must be set: page cursors are signed with it, and without it they would be "
+    "signed with a public development value. For development, run with FLASK_DEBUG=1 (`make run` does)."
+)
 
 
 def create_app(test_config=None):
@@ -36,11 +43,29 @@ def create_app(test_config=None):
 def register_extensions(app):
     database.init_app(app)
     app.extensions["todo_api.session_lookup"] = session_lookup(app.config)
-    app.extensions["todo_api.cursors"] = Cursors(
-        app.config["SECRET_KEY"] or app.config["BETTER_AUTH_SECRET"] or DEVELOPMENT_SECRET
-    )
+    app.extensions["todo_api.cursors"] = Cursors(signing_secret(app))
     cors.init_app(app)
     ratelimit.init_app(app)
+
+
+def signing_secret(app):
+    """The key that signs page cursors. Outside development, tests and the flask commands, it must be set."""
+    secret = app.config["SECRET_KEY"] or app.config["BETTER_AUTH_SECRET"]
+    if secret:
+        return secret
+    if not (app.debug or app.testing or loaded_for_a_command()):
+        raise RuntimeError(MISSING_SECRET)
+    log.warning("SECRET_KEY and BETTER_AUTH_SECRET are unset: page cursors are signed with a public development secret")
+    return DEVELOPMENT_SECRET
+
+
+def loaded_for_a_command():
+    """True when the flask command loads the app for a command such as init-db, db upgrade or create-session.
+
+    Those sign no cursor and must work on a fresh clone; `flask run` serves requests, so it does not count.
+    """
+    context = click.get_current_context(silent=True)
+    return context is not None and context.command.name != "run"
 
 
 def register_blueprints(app):

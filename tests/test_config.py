@@ -44,6 +44,16 @@ def test_settings_are_read_from_environment_variables(monkeypatch):
     assert (config["DATABASE_POOL_SIZE"], config["CORS_ORIGINS"], config["LOG_LEVEL"]) == (12, ["a", "b"], "DEBUG")
 
 
+def test_docs_are_served_unless_turned_off(monkeypatch):
+    monkeypatch.delenv("DOCS_ENABLED", raising=False)
+    assert from_environment()["DOCS_ENABLED"] is True
+    monkeypatch.setenv("DOCS_ENABLED", "false")
+    assert from_environment()["DOCS_ENABLED"] is False
+    monkeypatch.setenv("DOCS_ENABLED", "sometimes")
+    with pytest.raises(RuntimeError, match="^DOCS_ENABLED must be true or false, got 'sometimes'$"):
+        from_environment()
+
+
 def test_an_invalid_integer_setting_names_the_variable(monkeypatch):
     monkeypatch.setenv("DATABASE_POOL_SIZE", "many")
     with pytest.raises(RuntimeError, match="DATABASE_POOL_SIZE"):

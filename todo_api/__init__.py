@@ -73,4 +73,5 @@ def register_blueprints(app):
 
     app.register_blueprint(health.bp)
     app.register_blueprint(tasks.bp)
-    app.register_blueprint(openapi.bp)
+    if app.config["DOCS_ENABLED"]:
+        app.register_blueprint(openapi.bp)

@@ -13,9 +13,9 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 install: $(BIN)/.installed
 
+# Development mode (FLASK_DEBUG=1): the reloader, and no secret needed (cursors are signed with a development one).
 run: install
 	$(BIN)/flask --app todo_api init-db
-	# Development mode: the reloader, and cursors may be signed with the development secret.
 	FLASK_DEBUG=1 $(BIN)/flask --app todo_api run --port $${PORT:-5000}
 
 test: install

@@ -244,12 +244,14 @@ def free_port():
 # every request is still counted (the limiter's cost is measured) but none is refused.
 # RATELIMIT_* and REDIS_URL in the environment win, e.g. RATELIMIT_ENABLED=false to compare.
 BENCH_RATE_LIMIT = "1000000000 per minute"
+BENCH_SECRET = "bench-secret-0123456789abcdef"
 
 
 def service_environment(database_url, port):
     env = dict(os.environ)
     env.setdefault("RATELIMIT_PER_IP", BENCH_RATE_LIMIT)
     env.setdefault("RATELIMIT_PER_USER", BENCH_RATE_LIMIT)
+    env.setdefault("SECRET_KEY", BENCH_SECRET)  # production refuses to start without one
     env.update(PORT=str(port), DATABASE_URL=database_url, GUNICORN_ACCESS_LOG="false")
     return env
 
@@ -423,7 +425,9 @@ def list_ceiling_script(token_prefix):
     from todo_api.models import session_lookup
     from todo_api.schemas import list_query_schema
 
-    app = create_app({"DATABASE_URL": "postgresql://localhost/unused", "LOG_LEVEL": "WARNING"})
+    app = create_app(
+        {"DATABASE_URL": "postgresql://localhost/unused", "LOG_LEVEL": "WARNING", "SECRET_KEY": BENCH_SECRET}
+    )
     dialect = postgresql.psycopg2.dialect()
     token_mark, user_mark = "BenchTokenMark", "BenchUserMark"
     lookup = session_lookup(app.config).params(token=token_mark)

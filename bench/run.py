@@ -884,8 +884,8 @@ def bench(args, wrk, pgbench, work, cleanup):
     )
     print(
         f"- load: {args.users} users x {args.tasks_per_user} tasks, wrk {args.connections} connections and "
-        f"{args.threads} threads, {args.duration} s per run, {args.repeats} runs per scenario and server "
-        "(interleaved), medians"
+        f"{args.threads} threads, {args.duration} s per run; per scenario and server, "
+        + (f"the median of {args.repeats} interleaved runs" if args.repeats > 1 else "one run")
     )
     print(
         f"- todo-api: gunicorn {workers} workers x {threads} threads ({worker_class}); rate limits "

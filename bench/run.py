@@ -869,7 +869,7 @@ def bench(args, wrk, pgbench, work, cleanup):
     print(
         f"created {args.users * args.tasks_per_user} tasks on each server through its API in "
         f"{time.monotonic() - started:.1f} s; {runs} runs of {args.duration} s follow "
-        f"(about {runs * (args.duration + 1) / 60:.0f} min)\n",
+        f"(about {max(1, round(runs * (args.duration + 1) / 60))} min)\n",
         flush=True,
     )
 

@@ -39,6 +39,11 @@ class RecordingConnection(psycopg2.extensions.connection):
     """A psycopg2 connection that notes every statement its cursors run."""
 
     statements = None
+    opened = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        RecordingConnection.opened.append(self)
 
     def cursor(self, *args, **kwargs):
         kwargs.setdefault("cursor_factory", RecordingCursor)
@@ -65,6 +70,8 @@ def statements():
     RecordingConnection.statements = []
     yield RecordingConnection.statements
     RecordingConnection.statements = None
+    while RecordingConnection.opened:
+        RecordingConnection.opened.pop().close()
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 # One command to run the service on SQLite, one to run the whole test suite,
-# one to benchmark the service under gunicorn on Postgres.
+# one to benchmark the service beside the reference backend (bench/README.md).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin

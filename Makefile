@@ -1,5 +1,5 @@
 # One command to run the service on SQLite, one to run the whole test suite,
-# one to benchmark the service under gunicorn on Postgres.
+# one to benchmark the service beside the reference backend (bench/README.md).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -13,9 +13,10 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 install: $(BIN)/.installed
 
+# Development mode (FLASK_DEBUG=1): the reloader, and no secret needed (cursors are signed with a development one).
 run: install
 	$(BIN)/flask --app todo_api init-db
-	$(BIN)/flask --app todo_api run --port $${PORT:-5000}
+	FLASK_DEBUG=1 $(BIN)/flask --app todo_api run --port $${PORT:-5000}
 
 test: install
 	$(BIN)/pytest

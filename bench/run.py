@@ -1,39 +1,51 @@
-"""Throughput and latency of the service under gunicorn, as it runs in production.
+"""todo-api under load, side by side with the reference backend and a ceiling app, as they run in production.
 
 One command:
 
-    make bench ARGS="..."   or   .venv/bin/python bench/run.py [--users 100] [--tasks-per-user 20]
-        [--connections 16] [--duration 10] [--threads 2]
-        [--scenarios health,list,get,create,update,toggle,mix]
-        [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
+    make bench ARGS="..."   or   .venv/bin/python bench/run.py [--repeats 3] [--duration 10]
+        [--scenarios health,list,get,create,update,toggle,mix] [--users 100] [--tasks-per-user 20]
+        [--connections 16] [--threads 2] [--no-reference | --reference-url URL --reference-database-url URL]
+        [--reference-script PATH] [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
 
-It creates a throwaway Postgres database (dropped at the end, also on failure
-or Ctrl-C), builds the schema with `flask --app todo_api init-db
---auth-tables`, inserts the users and their Better Auth sessions by SQL,
-starts the service exactly as the Procfile does (`gunicorn --config
-gunicorn.conf.py wsgi:app`, access log off; WEB_CONCURRENCY and
-GUNICORN_THREADS are passed through; the rate limits are raised so that
-the load, all from one address, is counted but never refused), creates every user's tasks through the
-API, then loads each scenario with wrk (bench/wrk.lua) for --duration
-seconds, spreading the requests across all users' sessions:
+Three servers on the same machine, loaded in turn:
 
-    health  GET /health                 list    GET /api/tasks
-    get     GET /api/tasks/<id>         create  POST /api/tasks
-    update  PUT /api/tasks/<id>         toggle  PATCH /api/tasks/<id>/complete
+    todo-api   gunicorn --config gunicorn.conf.py wsgi:app, as the Procfile runs it (access log off;
+               WEB_CONCURRENCY and GUNICORN_THREADS pass through; the rate limits are raised so that
+               the load, all from one address, is counted but never refused)
+    reference  the FastAPI backend todo-api replaces, started by ../shared/reference/run/run-reference.sh
+               (uvicorn[standard], as many workers as todo-api, SQL echo off) when that script exists,
+               or one already running (--reference-url, with the database it uses); --no-reference skips it
+    ceiling    bench/ceiling_app.py: each scenario's SQL (the statements todo-api sends) behind a minimal
+               Flask app on psycopg2, under the same gunicorn settings and worker class as todo-api
+
+Each server has its database, with its own schema and the same users, Better Auth sessions and tasks: a
+throwaway one for todo-api and the ceiling app (built with `flask --app todo_api init-db --auth-tables`),
+a throwaway one for the reference (the auth tables, then the task table the reference creates itself).
+Both are dropped at the end, also on failure or Ctrl-C. Users and sessions are inserted by SQL; every
+user's tasks are created through each server's API, with the same titles, priorities and tags.
+
+Then, for each scenario and each repeat, every server that has the route is loaded with wrk (bench/wrk.lua)
+for --duration seconds, in an order rotated from one repeat to the next, spreading the requests across all
+users' sessions; each server gets the requests its own frontend sends:
+
+    health  GET /health (todo-api only)   list    GET /api/tasks
+    get     GET /api/tasks/<id>           create  POST /api/tasks
+    update  PUT /api/tasks/<id>           toggle  PATCH /api/tasks/<id>/complete
     mix     70% list, 10% create, 10% toggle, 10% update
 
-Tasks created by a scenario are deleted after it and the table is vacuumed
-after every scenario that writes, so every scenario sees the same lists. For
-each scenario it prints requests/s, p50 and p99 latency, the non-2xx responses
-and socket errors, and the reference backend's figures where known. Then:
-the database ceiling of the list scenario (pgbench running the SQL the
-service sends for one list request, with as many connections) and the ratio
-of the two; and the peak resident memory (VmHWM) of each gunicorn worker. Exits with status 1 if any request failed.
+The reference has no GET /api/tasks/<id> ("n/a"). Tasks created by a run are deleted after it and the
+table is vacuumed after every run that writes, so every run sees the same lists. Each run prints a line;
+at the end a markdown table gives, per scenario and server, the medians of requests/s, p50 and p99 over
+the repeats, todo-api / reference and todo-api as a share of the ceiling app. Then: the machine and the
+command; the database ceiling of the list (pgbench running the SQL todo-api sends for one list request,
+with as many connections) and todo-api's list against it; the peak resident memory (VmHWM) of each
+server's workers. Exits with status 1 if any request failed.
 
 Needs wrk (installed with apt-get when missing and run as root) and pgbench.
 """
 
 import argparse
+import contextlib
 import glob
 import http.client
 import json
@@ -42,39 +54,47 @@ import random
 import re
 import runpy
 import secrets
+import shlex
 import shutil
 import signal
 import socket
+import statistics
 import string
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import psycopg2
 import psycopg2.extras
+from sqlalchemy import create_engine
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(os.path.abspath(sys.executable))
 WRK_SCRIPT = os.path.join(REPO, "bench", "wrk.lua")
+REFERENCE_SCRIPT = os.path.join(os.path.dirname(REPO), "shared", "reference", "run", "run-reference.sh")
 sys.path.insert(0, REPO)
 
 SCENARIOS = ("health", "list", "get", "create", "update", "toggle", "mix")
 CREATING = {"create", "mix"}
 WRITING = {"create", "update", "toggle", "mix"}
-# The reference backend's figures, measured on this machine type with the
-# default size (req/s, p50 ms, p99 ms; None where not measured).
-REFERENCE = {
-    "list": (250, 61, 167),
-    "create": (221, None, None),
-    "toggle": (197, None, None),
-    "mix": (167, None, None),
+SERVICE, REFERENCE, CEILING = "todo-api", "reference", "ceiling"
+SERVERS = (SERVICE, REFERENCE, CEILING)
+# The scenarios each server has the routes for; the reference has no GET /api/tasks/<id>.
+ROUTES = {
+    SERVICE: set(SCENARIOS),
+    REFERENCE: {"list", "create", "update", "toggle", "mix"},
+    CEILING: {"list", "get", "create", "update", "toggle", "mix"},
 }
+MISSING_ROUTES = {REFERENCE: {"get"}}
+REFERENCE_INSTALL_TIMEOUT = 900  # the first start installs the reference's venv
 ALPHANUMERIC = string.ascii_letters + string.digits
 FIRST_USER_NUMBER = 1_000_000_000  # session tokens end in a 10-digit user number
 WORDS = (
@@ -104,15 +124,20 @@ TAGS = ("work", "home", "urgent", "weekend", "q3", "errands")
 
 
 class Stop(Exception):
-    """SIGTERM: unwind like Ctrl-C, so the database is dropped and processes are stopped."""
+    """SIGTERM: unwind like Ctrl-C, so the databases are dropped and processes are stopped."""
 
 
 def stop(_signal, _frame):
     raise Stop()
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per scenario and server (default: %(default)s)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per run (default: %(default)s)")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="comma-separated subset, run in this order (default: all)"
+    )
     parser.add_argument("--users", type=int, default=100, help="users, each with a session (default: %(default)s)")
     parser.add_argument("--tasks-per-user", type=int, default=20, help="default: %(default)s")
     parser.add_argument(
@@ -121,27 +146,43 @@ def parse_args():
         default=16,
         help="wrk connections, and pgbench clients for the ceiling (default: %(default)s)",
     )
-    parser.add_argument("--duration", type=int, default=10, help="seconds per scenario (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="wrk and pgbench threads (default: %(default)s)")
+    reference = parser.add_mutually_exclusive_group()
+    reference.add_argument("--no-reference", action="store_true", help="load todo-api and the ceiling app only")
+    reference.add_argument(
+        "--reference-url",
+        help="a reference backend already running (e.g. http://127.0.0.1:7860), instead of starting one; "
+        "needs --reference-database-url",
+    )
     parser.add_argument(
-        "--scenarios", default=",".join(SCENARIOS), help="comma-separated subset, run in this order (default: all)"
+        "--reference-database-url",
+        help="the database the --reference-url backend uses: the benchmark's users, sessions and tasks are "
+        "added to it and deleted at the end",
+    )
+    parser.add_argument(
+        "--reference-script",
+        default=REFERENCE_SCRIPT,
+        help="the script that starts the reference (default: the repository's ../shared/reference/run/"
+        "run-reference.sh); without it, the reference is skipped",
     )
     parser.add_argument(
         "--admin-url",
         default="postgresql://postgres@127.0.0.1:5432/postgres",
-        help="a database used only to create and drop the throwaway one (default: %(default)s)",
+        help="a database used only to create and drop the throwaway ones (default: %(default)s)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = sorted(set(args.scenarios) - set(SCENARIOS))
     if unknown or not args.scenarios:
         parser.error(f"unknown scenarios {unknown}; choose from {', '.join(SCENARIOS)}")
-    if min(args.users, args.tasks_per_user, args.duration, args.threads) < 1:
-        parser.error("--users, --tasks-per-user, --duration and --threads must be at least 1")
+    if min(args.repeats, args.users, args.tasks_per_user, args.duration, args.threads) < 1:
+        parser.error("--repeats, --users, --tasks-per-user, --duration and --threads must be at least 1")
     if args.connections < args.threads:
         parser.error("--connections must be at least --threads")
     if args.users > 9_000_000_000:
         parser.error("--users is at most 9,000,000,000")
+    if bool(args.reference_url) != bool(args.reference_database_url):
+        parser.error("--reference-url and --reference-database-url go together")
     return args
 
 
@@ -174,7 +215,16 @@ def libpq_url(url, database=None):
     return parsed.render_as_string(hide_password=False)
 
 
-# -- Database ---------------------------------------------------------------
+def service_app():
+    """The service's app, for its configuration and statements (never served)."""
+    from todo_api import create_app
+
+    return create_app(
+        {"DATABASE_URL": "postgresql://localhost/unused", "LOG_LEVEL": "WARNING", "SECRET_KEY": BENCH_SECRET}
+    )
+
+
+# -- Databases --------------------------------------------------------------
 
 
 def admin_execute(admin_url, sql):
@@ -187,25 +237,55 @@ def admin_execute(admin_url, sql):
         connection.close()
 
 
+def throwaway_database(admin_url, name, cleanup):
+    """Create a database, to be dropped (FORCE) when `cleanup` unwinds; returns its libpq URL."""
+    try:
+        admin_execute(admin_url, f'CREATE DATABASE "{name}"')
+    except psycopg2.Error as error:
+        raise SystemExit(f"cannot create a database through {admin_url}: {error}") from None
+    cleanup.callback(admin_execute, admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return libpq_url(admin_url, name)
+
+
+def sql(database_url, *statements, params=None):
+    """Run statements in autocommit mode; returns the last one's first row, if it has rows."""
+    connection = psycopg2.connect(database_url)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement, params)
+            return cursor.fetchone() if cursor.description else None
+    finally:
+        connection.close()
+
+
 def random_id(length=32):
     return "".join(secrets.choice(ALPHANUMERIC) for _ in range(length))
 
 
-def insert_users(database_url, count):
-    """Users and live Better Auth sessions, by SQL; returns [(user_id, token)].
+def make_users(count):
+    """[(user_id, token)] and the token prefix.
 
     A token is a random prefix (one per run) and a 10-digit user number: 32
     alphanumeric characters, like Better Auth's, that pgbench can compose.
     """
     prefix = random_id(22)
-    users = [(random_id(), f"{prefix}{FIRST_USER_NUMBER + number}") for number in range(count)]
+    return [(random_id(), f"{prefix}{FIRST_USER_NUMBER + number}") for number in range(count)], prefix
+
+
+def insert_users(database_url, users, prefix):
+    """The users and their live Better Auth sessions, by SQL."""
     connection = psycopg2.connect(database_url)
     try:
         with connection, connection.cursor() as cursor:
             psycopg2.extras.execute_values(
                 cursor,
                 'INSERT INTO "user" (id, name, email, "emailVerified", "createdAt", "updatedAt") VALUES %s',
-                [(user_id, f"bench{n}", f"bench{n}@example.com", True) for n, (user_id, _) in enumerate(users)],
+                [
+                    (user_id, f"bench{n}", f"bench-{prefix}-{n}@example.com", True)
+                    for n, (user_id, _) in enumerate(users)
+                ],
                 template="(%s, %s, %s, %s, now(), now())",
             )
             psycopg2.extras.execute_values(
@@ -216,22 +296,37 @@ def insert_users(database_url, count):
             )
     finally:
         connection.close()
-    return users, prefix
 
 
-def sql(database_url, *statements):
-    connection = psycopg2.connect(database_url)
+def delete_users(database_url, users):
+    """Remove the benchmark's users, sessions and tasks from a database that is not ours."""
+    user_ids = [user_id for user_id, _ in users]
+    sql(
+        database_url,
+        "DELETE FROM task WHERE user_id = ANY(%(ids)s)",
+        'DELETE FROM "session" WHERE "userId" = ANY(%(ids)s)',
+        'DELETE FROM "user" WHERE id = ANY(%(ids)s)',
+        params={"ids": user_ids},
+    )
+
+
+def create_auth_tables(database_url):
+    """Better Auth's user and session tables, exactly as todo-api's `init-db --auth-tables` makes them."""
+    from todo_api.models import auth_tables
+
+    engine = create_engine(make_url(database_url).set(drivername="postgresql+psycopg2"))
     try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            for statement in statements:
-                cursor.execute(statement)
-            return cursor.fetchone() if cursor.description else None
+        with engine.begin() as connection:
+            auth_tables(service_app().config).create_all(connection)
     finally:
-        connection.close()
+        engine.dispose()
 
 
-# -- The service ------------------------------------------------------------
+def postgres_version(database_url):
+    return sql(database_url, "SHOW server_version")[0]
+
+
+# -- Processes --------------------------------------------------------------
 
 
 def free_port():
@@ -244,6 +339,7 @@ def free_port():
 # every request is still counted (the limiter's cost is measured) but none is refused.
 # RATELIMIT_* and REDIS_URL in the environment win, e.g. RATELIMIT_ENABLED=false to compare.
 BENCH_RATE_LIMIT = "1000000000 per minute"
+BENCH_SECRET = "bench-secret-0123456789abcdef"
 # Likewise the bound on one user's requests in progress: counted, never reached (wrk's connections walk the users in
 # turn, but `--users 1` sends every connection's requests for one user).
 BENCH_CONCURRENT_PER_USER = "1000"
@@ -253,6 +349,7 @@ def service_environment(database_url, port):
     env = dict(os.environ)
     env.setdefault("RATELIMIT_PER_IP", BENCH_RATE_LIMIT)
     env.setdefault("RATELIMIT_PER_USER", BENCH_RATE_LIMIT)
+    env.setdefault("SECRET_KEY", BENCH_SECRET)  # production refuses to start without one
     env.setdefault("RATELIMIT_CONCURRENT_PER_USER", BENCH_CONCURRENT_PER_USER)
     env.update(PORT=str(port), DATABASE_URL=database_url, GUNICORN_ACCESS_LOG="false")
     return env
@@ -266,7 +363,7 @@ def rate_limit_description(env):
 
 
 def gunicorn_settings(env):
-    """Workers and threads as gunicorn.conf.py computes them from this environment."""
+    """Workers, threads and worker class as gunicorn.conf.py computes them from this environment."""
     saved = dict(os.environ)
     os.environ.update(env)
     try:
@@ -274,12 +371,13 @@ def gunicorn_settings(env):
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    return conf["workers"], conf["threads"]
+    return conf["workers"], conf["threads"], conf.get("worker_class", "sync")
 
 
-def start_gunicorn(env, log):
+def start_gunicorn(env, log, target):
+    """gunicorn with the repository's gunicorn.conf.py, serving `target`."""
     return subprocess.Popen(
-        [os.path.join(BIN, "gunicorn"), "--config", "gunicorn.conf.py", "wsgi:app"],
+        [os.path.join(BIN, "gunicorn"), "--config", "gunicorn.conf.py", target],
         cwd=REPO,
         env=env,
         stdout=log,
@@ -288,11 +386,13 @@ def start_gunicorn(env, log):
     )
 
 
-def wait_healthy(base_url, process, log_path, timeout=30):
+def wait_healthy(base_url, log_path, exited=lambda: None, timeout=30):
+    """Wait for 200 from /health; `exited()` returns an exit status once the server has died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{tail(log_path)}")
+        status = exited()
+        if status is not None:
+            raise RuntimeError(f"{base_url} exited with {status}:\n{tail(log_path)}")
         try:
             with urllib.request.urlopen(f"{base_url}/health", timeout=2) as response:
                 if response.status == 200:
@@ -300,7 +400,7 @@ def wait_healthy(base_url, process, log_path, timeout=30):
         except OSError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"no healthy answer from gunicorn within {timeout} s:\n{tail(log_path)}")
+    raise RuntimeError(f"no healthy answer from {base_url} within {timeout} s:\n{tail(log_path)}")
 
 
 def stop_gunicorn(process, grace=30):
@@ -315,61 +415,154 @@ def stop_gunicorn(process, grace=30):
 
 
 def tail(path, lines=30):
+    if not path or not os.path.exists(path):
+        return ""
     with open(path, errors="replace") as file:
         return "".join(file.readlines()[-lines:])
 
 
-def worker_pids(master_pid):
-    pids = []
+def processes():
+    """(pid, parent pid, process group, state) of every process."""
+    table = []
     for stat in glob.glob("/proc/[0-9]*/stat"):
         try:
             with open(stat) as file:
                 fields = file.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[1]) == master_pid:
-            pids.append(int(stat.split("/")[2]))
-    return sorted(pids)
+        table.append((int(stat.split("/")[2]), int(fields[1]), int(fields[2]), fields[0]))
+    return table
+
+
+def children(parent_pid):
+    return sorted(pid for pid, parent, _, _ in processes() if parent == parent_pid)
+
+
+def command_line(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def peak_memory_kb(pid):
-    with open(f"/proc/{pid}/status") as file:
-        for line in file:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+    try:
+        with open(f"/proc/{pid}/status") as file:
+            for line in file:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return None
 
 
-# -- Tasks through the API --------------------------------------------------
+class ReferenceProcess:
+    """The reference backend as run-reference.sh starts it: a process group of its own, whose id the script
+    prints first. The script's temporary copy of the app goes under `work`."""
+
+    def __init__(self, script, work):
+        self.script, self.work = script, work
+        self.out_path = os.path.join(work, "reference.out")
+        self.log_path = os.path.join(work, "reference.log")
+
+    def start(self, database_url, port, workers):
+        with open(self.out_path, "w") as out, open(self.log_path, "w") as log:
+            done = subprocess.run(
+                [self.script, database_url, str(port), str(workers)],
+                stdout=out,
+                stderr=log,
+                env={**os.environ, "TMPDIR": self.work},
+                cwd=self.work,
+                timeout=REFERENCE_INSTALL_TIMEOUT,
+            )
+        if done.returncode != 0 or self.group() is None:
+            raise RuntimeError(f"the reference did not start ({done.returncode}):\n{tail(self.log_path)}")
+
+    def group(self):
+        """The process group id the script printed, or None (not started yet, or it failed first)."""
+        with contextlib.suppress(OSError), open(self.out_path) as out:
+            for line in out:
+                if line.strip().isdigit():
+                    return int(line)
+        return None
+
+    def alive(self, group):
+        return any(pgrp == group and state != "Z" for _, _, pgrp, state in processes())
+
+    def stop(self, grace=20):
+        group = self.group()
+        if group is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
+            deadline = time.monotonic() + grace
+            while self.alive(group) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not self.alive(group):
+                return
+
+    def workers(self):
+        group = self.group()
+        return [pid for pid in children(group) if "spawn_main" in command_line(pid)] if group else []
 
 
-def create_tasks(port, users, per_user, concurrency):
-    """Create every user's tasks with POST /api/tasks; returns the task ids of each user."""
+# -- Servers and their data -------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    base_url: str
+    client: str  # whose frontend's requests wrk sends it (see wrk.lua)
+    database_url: str  # where its tasks live
+    workers: object = list  # () -> the pids of its worker processes
+    log_path: str = ""
+    users_lua: str = ""
+    user_ids: list = field(default_factory=list)
+    last_seeded: int = 0
+
+    def runs(self, scenario):
+        return scenario in ROUTES[self.name]
+
+
+def task_bodies(users, per_user):
+    """The fields of every user's tasks, the same for every server: [[body, ...] per user]."""
+    rng = random.Random(len(users) * 1_000_003 + per_user)
+    bodies = []
+    for _ in users:
+        own = []
+        for number in range(per_user):
+            title = f"{rng.choice(WORDS).capitalize()} {rng.choice(WORDS)} #{number}"
+            own.append({"title": title, "priority": PRIORITIES[number % 3], "tags": rng.sample(TAGS, number % 3)})
+        bodies.append(own)
+    return bodies
+
+
+def create_tasks(base_url, users, bodies, concurrency):
+    """Create every user's tasks with POST /api/tasks, in the same order on every server; returns the task ids
+    of each user."""
+    address = urllib.parse.urlsplit(base_url)
     local = threading.local()
-    rng = random.Random()
 
     def post(job):
         index, number = job
         if not hasattr(local, "connection"):
-            local.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        title = f"{WORDS[rng.randrange(len(WORDS))].capitalize()} {WORDS[rng.randrange(len(WORDS))]} #{number}"
-        body = {"title": title, "priority": PRIORITIES[number % 3], "tags": rng.sample(TAGS, number % 3)}
+            local.connection = http.client.HTTPConnection(address.hostname, address.port or 80, timeout=30)
         local.connection.request(
             "POST",
             "/api/tasks",
-            json.dumps(body),
-            {
-                "Authorization": f"Bearer {users[index][1]}",
-                "Content-Type": "application/json",
-            },
+            json.dumps(bodies[index][number]),
+            {"Authorization": f"Bearer {users[index][1]}", "Content-Type": "application/json"},
         )
         response = local.connection.getresponse()
         answer = response.read()
         if response.status != 200:
-            raise RuntimeError(f"POST /api/tasks answered {response.status}: {answer[:300]!r}")
+            raise RuntimeError(f"POST {base_url}/api/tasks answered {response.status}: {answer[:300]!r}")
         return index, json.loads(answer)["data"]["id"]
 
-    jobs = [(index, number) for number in range(per_user) for index in range(len(users))]
+    jobs = [(index, number) for number in range(len(bodies[0])) for index in range(len(users))]
     tasks = [[] for _ in users]
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for index, task_id in pool.map(post, jobs):
@@ -385,10 +578,31 @@ def write_users_lua(path, users, tasks):
         file.write("}\n")
 
 
+def seed(server, users, bodies, args, work):
+    """Create the users' tasks on one server through its API, and note where the seeded rows end."""
+    tasks = create_tasks(server.base_url, users, bodies, min(args.connections, 8))
+    server.users_lua = os.path.join(work, f"users-{server.name}.lua")
+    write_users_lua(server.users_lua, users, tasks)
+    server.user_ids = [user_id for user_id, _ in users]
+    (server.last_seeded,) = sql(server.database_url, "VACUUM ANALYZE task", "SELECT max(id) FROM task")
+
+
+def reset(server, scenario):
+    """Leave the server's data as it was seeded: without the tasks a run created, without dead rows."""
+    if scenario in CREATING:
+        sql(
+            server.database_url,
+            "DELETE FROM task WHERE id > %(last)s AND user_id = ANY(%(ids)s)",
+            params={"last": server.last_seeded, "ids": server.user_ids},
+        )
+    if scenario in WRITING:
+        sql(server.database_url, "VACUUM ANALYZE task")
+
+
 # -- Load -------------------------------------------------------------------
 
 
-def run_wrk(wrk, base_url, scenario, users_lua, args):
+def run_wrk(wrk, server, scenario, args):
     command = [
         wrk,
         "--threads",
@@ -401,10 +615,11 @@ def run_wrk(wrk, base_url, scenario, users_lua, args):
         "5s",
         "--script",
         WRK_SCRIPT,
-        base_url,
+        server.base_url,
         "--",
         scenario,
-        users_lua,
+        server.users_lua,
+        server.client,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + 60)
     match = re.search(r"^WRK_RESULT (.*)$", done.stdout, re.MULTILINE)
@@ -416,6 +631,79 @@ def run_wrk(wrk, base_url, scenario, users_lua, args):
     return result
 
 
+def rotated(servers, repeat):
+    """The servers in the order of one repeat: each repeat starts one server later."""
+    shift = repeat % len(servers)
+    return servers[shift:] + servers[:shift]
+
+
+# -- Report -----------------------------------------------------------------
+
+
+def median_figures(runs):
+    """(req/s, p50 µs, p99 µs): the medians over a server's runs of one scenario."""
+    return tuple(statistics.median(run[key] for run in runs) for key in ("rps", "p50_us", "p99_us"))
+
+
+def run_line(scenario, server, repeat, repeats, result):
+    errors = result["non2xx"] + result["socket_errors"]
+    return (
+        f"{scenario:<7} {server:<10} run {repeat}/{repeats} {result['rps']:>9.1f} req/s"
+        f"  p50 {result['p50_us'] / 1000:>6.1f} ms  p99 {result['p99_us'] / 1000:>6.1f} ms"
+        + (f"  {result['non2xx']} non-2xx, {result['socket_errors']} socket errors" if errors else "")
+    )
+
+
+def results_table(scenarios, results, servers):
+    """The markdown table of medians; `results` maps (scenario, server name) to that server's runs.
+
+    "n/a": the server has no such route; "-": not measured.
+    """
+    names = {server.name for server in servers}
+
+    def unmeasured(name, scenario):
+        return "n/a" if name in names and scenario in MISSING_ROUTES.get(name, ()) else "-"
+
+    lines = [
+        "| scenario | todo-api req/s | p50 ms | p99 ms | reference req/s | p50 ms | p99 ms | ratio "
+        "| ceiling req/s | % of ceiling |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for scenario in scenarios:
+        figures = {name: median_figures(runs) for (run, name), runs in results.items() if run == scenario}
+        cells = [f"`{scenario}`"]
+        for name in (SERVICE, REFERENCE):
+            if name in figures:
+                rps, p50, p99 = figures[name]
+                cells += [f"{rps:,.0f}", f"{p50 / 1000:.1f}", f"{p99 / 1000:.1f}"]
+            else:
+                cells += [unmeasured(name, scenario)] * 3
+        service = figures.get(SERVICE, (None,))[0]
+        if service is not None and REFERENCE in figures:
+            cells.append(f"{service / figures[REFERENCE][0]:.2f}x")
+        else:
+            cells.append(unmeasured(REFERENCE, scenario))
+        if CEILING in figures:
+            ceiling = figures[CEILING][0]
+            cells += [f"{ceiling:,.0f}", f"{100 * service / ceiling:.0f}%" if service is not None else "-"]
+        else:
+            cells += ["-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def cpu_model():
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as file:
+        for line in file:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def command_description(argv):
+    return " ".join(["bench/run.py", *map(shlex.quote, argv)])
+
+
 def list_ceiling_script(token_prefix):
     """A pgbench script of the SQL the service sends for one `GET /api/tasks`.
 
@@ -423,11 +711,11 @@ def list_ceiling_script(token_prefix):
     literal values as psycopg2 sends them: the session lookup for a random
     user's token, then that user's list (pgbench's simple query protocol).
     """
-    from todo_api import create_app, listing
+    from todo_api import listing
     from todo_api.models import session_lookup
     from todo_api.schemas import list_query_schema
 
-    app = create_app({"DATABASE_URL": "postgresql://localhost/unused", "LOG_LEVEL": "WARNING"})
+    app = service_app()
     dialect = postgresql.psycopg2.dialect()
     token_mark, user_mark = "BenchTokenMark", "BenchUserMark"
     lookup = session_lookup(app.config).params(token=token_mark)
@@ -480,125 +768,191 @@ def run_pgbench(pgbench, database_url, script_path, users, args):
     return float(tps.group(1)), float(latency.group(1)) if latency else None, int(failed.group(1)) if failed else 0
 
 
-# -- Report -----------------------------------------------------------------
+# -- The benchmark ----------------------------------------------------------
 
 
-def ms(microseconds):
-    return f"{microseconds / 1000:.1f}"
+def start_servers(args, work, cleanup, users, prefix):
+    """Databases, users and sessions; todo-api, the ceiling app and the reference, started and healthy.
 
-
-HEADER = (
-    f"{'scenario':<9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'sock err':>9}"
-    f" | {'ref req/s':>9}{'ref p50':>8}{'ref p99':>8}{'vs ref':>8}"
-)
-
-
-def scenario_line(name, result):
-    line = (
-        f"{name:<9}{result['rps']:>9.1f}{ms(result['p50_us']):>9}{ms(result['p99_us']):>9}"
-        f"{result['non2xx']:>9}{result['socket_errors']:>9}"
+    Returns (servers, todo-api's environment, gunicorn settings, a line saying how the reference runs).
+    Everything started is stopped, and every database dropped, when `cleanup` unwinds.
+    """
+    name = f"todo_api_bench_{secrets.token_hex(6)}"
+    service_db = throwaway_database(args.admin_url, name, cleanup)
+    env = service_environment(service_db, free_port())
+    subprocess.run(
+        [os.path.join(BIN, "flask"), "--app", "todo_api", "init-db", "--auth-tables"],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
     )
-    reference = REFERENCE.get(name)
-    if reference is None:
-        return line + f" | {'-':>9}{'-':>8}{'-':>8}{'-':>8}"
-    rps, p50, p99 = reference
-    return line + (
-        f" | {rps:>9}{p50 if p50 is not None else '-':>8}{p99 if p99 is not None else '-':>8}"
-        f"{result['rps'] / rps:>7.2f}x"
+    insert_users(service_db, users, prefix)
+    settings = gunicorn_settings(env)
+    workers = settings[0]
+
+    servers = []
+    for server_name, target, server_env in (
+        (SERVICE, "wsgi:app", env),
+        (CEILING, "bench.ceiling_app:create_app()", {**env, "PORT": str(free_port())}),
+    ):
+        log_path = os.path.join(work, f"{server_name}.log")
+        with open(log_path, "w") as log:
+            process = start_gunicorn(server_env, log, target)
+        cleanup.callback(stop_gunicorn, process)
+        server = Server(
+            server_name,
+            f"http://127.0.0.1:{server_env['PORT']}",
+            SERVICE,
+            service_db,
+            workers=lambda process=process: children(process.pid),
+            log_path=log_path,
+        )
+        wait_healthy(server.base_url, log_path, process.poll)
+        servers.append(server)
+
+    if args.no_reference:
+        reference = "reference: not run (--no-reference)"
+    elif args.reference_url:
+        reference_db = libpq_url(args.reference_database_url)
+        insert_users(reference_db, users, prefix)
+        cleanup.callback(delete_users, reference_db, users)
+        servers.insert(1, Server(REFERENCE, args.reference_url.rstrip("/"), REFERENCE, reference_db))
+        wait_healthy(servers[1].base_url, None)
+        reference = f"reference: the one running at {args.reference_url}"
+    elif os.path.exists(args.reference_script):
+        reference_db = throwaway_database(args.admin_url, f"{name}_reference", cleanup)
+        create_auth_tables(reference_db)
+        insert_users(reference_db, users, prefix)
+        process = ReferenceProcess(args.reference_script, work)
+        cleanup.callback(process.stop)
+        port = free_port()
+        print(f"starting the reference with {args.reference_script} (its first run installs it) ...", flush=True)
+        process.start(reference_db, port, workers)
+        servers.insert(
+            1,
+            Server(
+                REFERENCE,
+                f"http://127.0.0.1:{port}",
+                REFERENCE,
+                reference_db,
+                workers=process.workers,
+                log_path=process.log_path,
+            ),
+        )
+        reference = f"reference: {workers} uvicorn[standard] workers, started by {args.reference_script}"
+    else:
+        reference = f"reference: not run ({args.reference_script} not found; see --reference-url)"
+    return servers, env, settings, reference
+
+
+def run_all(wrk, servers, args):
+    """Every scenario, every repeat, every server that has the route; returns {(scenario, server): [result]}."""
+    results = {}
+    for scenario in args.scenarios:
+        for repeat in range(args.repeats):
+            for server in rotated(servers, repeat):
+                if not server.runs(scenario):
+                    continue
+                result = run_wrk(wrk, server, scenario, args)
+                results.setdefault((scenario, server.name), []).append(result)
+                print(run_line(scenario, server.name, repeat + 1, args.repeats, result), flush=True)
+                reset(server, scenario)
+    return results
+
+
+def bench(args, wrk, pgbench, work, cleanup):
+    """Run the benchmark and print its report; returns the number of failed requests and transactions."""
+    users, prefix = make_users(args.users)
+    servers, env, (workers, threads, worker_class), reference = start_servers(args, work, cleanup, users, prefix)
+    started = time.monotonic()
+    bodies = task_bodies(users, args.tasks_per_user)
+    for server in servers:
+        if server.name != CEILING:
+            seed(server, users, bodies, args, work)
+    ceiling = next(server for server in servers if server.name == CEILING)
+    service = servers[0]
+    ceiling.users_lua, ceiling.user_ids, ceiling.last_seeded = service.users_lua, service.user_ids, service.last_seeded
+    runs = sum(server.runs(scenario) for scenario in args.scenarios for server in servers) * args.repeats
+    print(
+        f"created {args.users * args.tasks_per_user} tasks on each server through its API in "
+        f"{time.monotonic() - started:.1f} s; {runs} runs of {args.duration} s follow "
+        f"(about {max(1, round(runs * (args.duration + 1) / 60))} min)\n",
+        flush=True,
     )
 
+    results = run_all(wrk, servers, args)
+    failures = sum(run["non2xx"] + run["socket_errors"] for runs in results.values() for run in runs)
 
-def main():
-    args = parse_args()
+    print("\n## Results\n")
+    print(f"- command: `{command_description(sys.argv[1:])}`")
+    print(
+        f"- machine: {len(os.sched_getaffinity(0))} CPUs ({cpu_model()}), Postgres "
+        f"{postgres_version(service.database_url)} on {make_url(args.admin_url).host or 'its socket'}"
+    )
+    print(
+        f"- load: {args.users} users x {args.tasks_per_user} tasks, wrk {args.connections} connections and "
+        f"{args.threads} threads, {args.duration} s per run; per scenario and server, "
+        + (f"the median of {args.repeats} interleaved runs" if args.repeats > 1 else "one run")
+    )
+    print(
+        f"- todo-api: gunicorn {workers} workers x {threads} threads ({worker_class}); rate limits "
+        f"{rate_limit_description(env)}"
+    )
+    print(f"- {reference}")
+    print(f"- ceiling: bench/ceiling_app.py under the same gunicorn settings ({worker_class})\n")
+    for line in results_table(args.scenarios, results, servers):
+        print(line)
+    print(
+        "\nratio: todo-api req/s / reference req/s; % of ceiling: todo-api req/s / ceiling app req/s; "
+        "n/a: no such route"
+    )
+    errors = [
+        f"{scenario} {name}: {sum(run['non2xx'] for run in runs)} non-2xx, "
+        f"{sum(run['socket_errors'] for run in runs)} socket errors"
+        for (scenario, name), runs in results.items()
+        if any(run["non2xx"] + run["socket_errors"] for run in runs)
+    ]
+    print("errors: " + ("; ".join(errors) if errors else "none"))
+
+    if ("list", SERVICE) in results:
+        print()
+        if pgbench is None:
+            print("database ceiling: skipped (pgbench not found)")
+        else:
+            script_path = os.path.join(work, "list.sql")
+            with open(script_path, "w") as file:
+                file.write(list_ceiling_script(prefix))
+            tps, latency, failed = run_pgbench(pgbench, service.database_url, script_path, args.users, args)
+            failures += failed
+            list_rps = median_figures(results[("list", SERVICE)])[0]
+            print(
+                f"database ceiling for list (pgbench: session lookup + list SQL, {args.connections} "
+                f"clients, {args.duration} s): {tps:.1f} tps, latency avg {latency} ms, {failed} failed"
+            )
+            print(f"todo-api list req/s / pgbench tps = {list_rps:.1f} / {tps:.1f} = {list_rps / tps:.3f}")
+
+    print("\npeak resident memory (VmHWM) of each worker:")
+    for server in servers:
+        for pid in server.workers():
+            peak = peak_memory_kb(pid)
+            if peak is not None:
+                print(f"  {server.name} worker {pid}: {peak / 1024:.1f} MB")
+    return failures
+
+
+def main(argv=None):
+    args = parse_args(argv)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     wrk = find_wrk()
     pgbench = find_pgbench()
-    name = f"todo_api_bench_{secrets.token_hex(6)}"
-    database_url = libpq_url(args.admin_url, name)
-    failures = 0
-    with tempfile.TemporaryDirectory(prefix="todo-api-bench-") as work:
+    with tempfile.TemporaryDirectory(prefix="todo-api-bench-") as work, contextlib.ExitStack() as cleanup:
         try:
-            admin_execute(args.admin_url, f'CREATE DATABASE "{name}"')
-        except psycopg2.Error as error:
-            sys.exit(f"cannot create a database through {args.admin_url}: {error}")
-        gunicorn = None
-        try:
-            env = service_environment(database_url, free_port())
-            subprocess.run(
-                [os.path.join(BIN, "flask"), "--app", "todo_api", "init-db", "--auth-tables"],
-                cwd=REPO,
-                env=env,
-                check=True,
-                capture_output=True,
-            )
-            users, token_prefix = insert_users(database_url, args.users)
-            workers, threads = gunicorn_settings(env)
-            print(
-                f"todo-api bench: {args.users} users x {args.tasks_per_user} tasks, {args.connections} connections, "
-                f"{args.threads} wrk threads, {args.duration} s per scenario; gunicorn {workers} workers x "
-                f"{threads} threads (gthread), {os.cpu_count()} CPUs; database {name}",
-                flush=True,
-            )
-            print(f"rate limits: {rate_limit_description(env)}", flush=True)
-
-            log_path = os.path.join(work, "gunicorn.log")
-            base_url = f"http://127.0.0.1:{env['PORT']}"
-            with open(log_path, "w") as log:
-                gunicorn = start_gunicorn(env, log)
-            wait_healthy(base_url, gunicorn, log_path)
-
-            started = time.monotonic()
-            tasks = create_tasks(int(env["PORT"]), users, args.tasks_per_user, min(args.connections, 8))
-            users_lua = os.path.join(work, "users.lua")
-            write_users_lua(users_lua, users, tasks)
-            (last_seeded,) = sql(database_url, "VACUUM ANALYZE", "SELECT max(id) FROM task")
-            print(
-                f"created {args.users * args.tasks_per_user} tasks through the API in "
-                f"{time.monotonic() - started:.1f} s\n",
-                flush=True,
-            )
-
-            print(HEADER)
-            results = {}
-            for scenario in args.scenarios:
-                results[scenario] = result = run_wrk(wrk, base_url, scenario, users_lua, args)
-                failures += result["non2xx"] + result["socket_errors"]
-                print(scenario_line(scenario, result), flush=True)
-                if scenario in CREATING:
-                    sql(database_url, f"DELETE FROM task WHERE id > {last_seeded}")
-                if scenario in WRITING:
-                    sql(database_url, "VACUUM ANALYZE task")  # the next scenario starts without dead rows
-            print("ref: the reference backend's figures, measured on this machine type with the default size")
-
-            if "list" in results:
-                print()
-                if pgbench is None:
-                    print("database ceiling: skipped (pgbench not found)")
-                else:
-                    script_path = os.path.join(work, "list.sql")
-                    with open(script_path, "w") as file:
-                        file.write(list_ceiling_script(token_prefix))
-                    tps, latency, failed = run_pgbench(pgbench, database_url, script_path, args.users, args)
-                    failures += failed
-                    print(
-                        f"database ceiling for list (pgbench: session lookup + list SQL, {args.connections} "
-                        f"clients, {args.duration} s): {tps:.1f} tps, latency avg {latency} ms, {failed} failed"
-                    )
-                    print(
-                        f"list req/s / pgbench tps = {results['list']['rps']:.1f} / {tps:.1f} = "
-                        f"{results['list']['rps'] / tps:.3f}"
-                    )
-
-            print("\npeak resident memory (VmHWM) of each gunicorn worker:")
-            for pid in worker_pids(gunicorn.pid):
-                print(f"  worker {pid}: {peak_memory_kb(pid) / 1024:.1f} MB")
+            failures = bench(args, wrk, pgbench, work, cleanup)
         except subprocess.CalledProcessError as error:
             print(f"{' '.join(error.cmd[-3:])} failed:\n{error.stdout}{error.stderr}", file=sys.stderr)
-            failures += 1
-        finally:
-            if gunicorn is not None:
-                stop_gunicorn(gunicorn)
-            admin_execute(args.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            failures = 1
     if failures:
         print(f"\nFAILED: {failures} failed requests or transactions", file=sys.stderr)
     return 1 if failures else 0
@@ -608,4 +962,4 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except (KeyboardInterrupt, Stop):
-        sys.exit("interrupted; the database was dropped and gunicorn stopped")
+        sys.exit("interrupted; the databases were dropped and every server stopped")

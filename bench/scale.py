@@ -139,7 +139,7 @@ def explain_search(app, connection, user_id, word):
 
 
 def run(url, args):
-    app = create_app({"DATABASE_URL": url, "LOG_LEVEL": "WARNING"})
+    app = create_app({"DATABASE_URL": url, "LOG_LEVEL": "WARNING", "SECRET_KEY": "scale-secret-0123456789abcdef"})
     engine = get_engine(app)
     try:
         upgrade(engine)

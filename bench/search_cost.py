@@ -102,7 +102,8 @@ def timed_row(connection, cursors, user_id, word, repeat):
 
 
 def run(url, args):
-    app = create_app({"DATABASE_URL": url, "LOG_LEVEL": "WARNING", "DATABASE_STATEMENT_TIMEOUT_MS": 0})
+    settings = {"DATABASE_URL": url, "LOG_LEVEL": "WARNING", "DATABASE_STATEMENT_TIMEOUT_MS": 0}
+    app = create_app({**settings, "SECRET_KEY": "search-cost-secret-0123456789abcdef"})
     engine = get_engine(app)
     cursors = app.extensions["todo_api.cursors"]
     try:

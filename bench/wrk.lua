@@ -1,9 +1,14 @@
--- The load of one scenario of bench/run.py, for wrk:
+-- The load of one run of bench/run.py, for wrk:
 --
---   wrk -s bench/wrk.lua http://127.0.0.1:PORT -- <scenario> <users.lua>
+--   wrk -s bench/wrk.lua http://127.0.0.1:PORT -- <scenario> <users.lua> <client>
 --
 -- <users.lua> returns { {token = "...", tasks = {id, ...}}, ... }: every
--- bench user with their session token and the ids of their own tasks.
+-- bench user with their session token and the ids of their own tasks on that
+-- server. <client> is whose frontend's requests to send: "todo-api" (the next
+-- frontend, sent to todo-api and to the ceiling app) or "reference" (the
+-- frontend of the reference backend). Both frontends send
+-- `Content-Type: application/json` and `Authorization: Bearer <token>` on
+-- every request; their bodies differ as the FORMS below say.
 -- Each wrk thread walks through all users in turn, from a random starting
 -- user, so the requests of every connection are spread across all sessions;
 -- requests on one task pick one of that user's own tasks at random.
@@ -32,15 +37,30 @@ local function own_task(user)
    return user.tasks[math.random(#user.tasks)]
 end
 
-local function headers(user, json)
-   local result = { ["Authorization"] = "Bearer " .. user.token }
-   if json then
-      result["Content-Type"] = "application/json"
-   end
-   return result
+local function headers(user)
+   return { ["Authorization"] = "Bearer " .. user.token, ["Content-Type"] = "application/json" }
 end
 
 local PRIORITIES = { "low", "medium", "high" }
+
+-- The bodies each frontend sends (JSON.stringify: no spaces, fields in this order), with a title and a priority.
+local FORMS = {
+   -- The next frontend (app/dashboard/page.tsx handleSubmit): the task modal's fields, a new task with tags = [];
+   -- an edit sends the same fields back, the description pre-filled with "" when the task has none.
+   ["todo-api"] = {
+      create = '{"title":"%s","description":"","priority":"%s","due_date":null,"is_recurring":false,'
+         .. '"recurrence_pattern":null,"tags":[]}',
+      update = '{"title":"%s","description":"","priority":"%s","due_date":null,"is_recurring":false,'
+         .. '"recurrence_pattern":null}',
+   },
+   -- The reference's frontend: a new task is {title, description, priority, tags: []}; an edit sends the fields
+   -- of the task the reference has.
+   reference = {
+      create = '{"title":"%s","description":"","priority":"%s","tags":[]}',
+      update = '{"title":"%s","description":"","priority":"%s"}',
+   },
+}
+local form
 
 local scenarios = {}
 
@@ -59,17 +79,17 @@ end
 
 function scenarios.create()
    sequence = sequence + 1
-   local body = string.format(
-      '{"title": "Load task %d-%d", "priority": "%s", "tags": ["load", "t%d"]}',
-      thread_number, sequence, PRIORITIES[sequence % 3 + 1], sequence % 5)
-   return wrk.format("POST", "/api/tasks", headers(next_session(), true), body)
+   local title = string.format("Load task %d-%d", thread_number, sequence)
+   local body = string.format(form.create, title, PRIORITIES[sequence % 3 + 1])
+   return wrk.format("POST", "/api/tasks", headers(next_session()), body)
 end
 
 function scenarios.update()
    sequence = sequence + 1
    local user = next_session()
-   local body = string.format('{"title": "Renamed %d-%d"}', thread_number, sequence)
-   return wrk.format("PUT", "/api/tasks/" .. own_task(user), headers(user, true), body)
+   local title = string.format("Renamed %d-%d", thread_number, sequence)
+   local body = string.format(form.update, title, PRIORITIES[sequence % 3 + 1])
+   return wrk.format("PUT", "/api/tasks/" .. own_task(user), headers(user), body)
 end
 
 function scenarios.toggle()
@@ -96,6 +116,10 @@ function init(args)
       error("unknown scenario: " .. tostring(args[1]))
    end
    users = dofile(args[2])
+   form = FORMS[args[3]]
+   if form == nil then
+      error("unknown client: " .. tostring(args[3]))
+   end
    math.randomseed(os.time() * 1000 + thread_number)
    next_user = math.random(#users)
 end

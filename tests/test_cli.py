@@ -1,14 +1,18 @@
 """The command-line tools: `init-db` and `create-session`."""
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
-from conftest import base_config
-from sqlalchemy import func, inspect, select
+from conftest import base_config, sessions_of
+from sqlalchemy import delete, func, inspect, select
 
 from todo_api import create_app
 from todo_api.database import get_engine
-from todo_api.models import user
+from todo_api.idempotency import idempotency_key
+from todo_api.models import task, user
 
 DIALECTS = {"postgres": "postgresql", "sqlite": "sqlite"}
 
@@ -85,3 +89,141 @@ def test_create_session_refuses_a_lifetime_under_one_day(app):
     assert "Invalid value for '--days'" in result.output
     with get_engine(app).connect() as connection:
         assert connection.execute(select(func.count()).select_from(user)).scalar() == 0
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVELOPMENT_WARNING = (
+    "WARNING todo_api: SECRET_KEY and BETTER_AUTH_SECRET are unset: page cursors are signed with a public "
+    "development secret"
+)
+
+
+def flask_command(tmp_path, *args):
+    """`flask --app todo_api ...` as on a fresh clone: no secret, no FLASK_DEBUG, no .env."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in {"SECRET_KEY", "BETTER_AUTH_SECRET", "FLASK_DEBUG", "DATABASE_URL"}
+    }
+    env.update(PYTHONPATH=REPO, FLASK_SKIP_DOTENV="1", DATABASE_URL=f"sqlite:///{tmp_path / 'fresh.sqlite'}")
+    command = [sys.executable, "-m", "flask", "--app", "todo_api", *args]
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_commands_work_without_a_secret_and_warn_on_stderr(tmp_path):
+    done = flask_command(tmp_path, "init-db")
+    assert (done.returncode, done.stdout) == (0, "Initialized the database (sqlite).\n")
+    assert DEVELOPMENT_WARNING in done.stderr
+    done = flask_command(tmp_path, "create-session", "me@example.com")
+    assert done.returncode == 0
+    assert re.fullmatch(r"[A-Za-z0-9]{32}\n", done.stdout), done.stdout  # the token alone: TOKEN=$(...) works
+    assert DEVELOPMENT_WARNING in done.stderr
+
+
+def test_flask_run_without_a_secret_or_debug_refuses_to_start(tmp_path):
+    done = flask_command(tmp_path, "run", "--port", "0")
+    assert done.returncode == 1
+    assert (
+        done.stderr.rstrip()
+        .splitlines()[-1]
+        .startswith("RuntimeError: SECRET_KEY or BETTER_AUTH_SECRET must be set: page cursors are signed with it")
+    )
+
+
+# -- Erasing the rows of deleted users ----------------------------------------
+
+
+@pytest.fixture
+def two_users(app, client, new_session):
+    """Alice and Bob, each with two tasks, one of them created with an Idempotency-Key; returns their user ids."""
+    ids = {}
+    for email in ["alice@example.com", "bob@example.com"]:
+        headers = {"Authorization": f"Bearer {new_session(email)}"}
+        for title, key in [("with a key", "key-1"), ("without", None)]:
+            response = client.post(
+                "/api/tasks", json={"title": title}, headers={**headers, **({"Idempotency-Key": key} if key else {})}
+            )
+            assert response.status_code == 200
+        ids[email.split("@")[0]] = response.get_json()["data"]["user_id"]
+    return ids
+
+
+def rows_of(app, user_id):
+    with get_engine(app).connect() as connection:
+        return tuple(
+            connection.execute(select(func.count()).select_from(table).where(table.c.user_id == user_id)).scalar()
+            for table in (task, idempotency_key)
+        )
+
+
+def delete_user(app, user_id):
+    """What Better Auth does when a user deletes their account (their sessions go with them)."""
+    sessions = sessions_of(app)
+    with get_engine(app).begin() as connection:
+        connection.execute(delete(sessions).where(sessions.c.userId == user_id))
+        connection.execute(delete(user).where(user.c.id == user_id))
+
+
+def run(app, *args):
+    result = app.test_cli_runner().invoke(args=list(args))
+    return result.exit_code, result.output
+
+
+def test_erase_orphans_erases_the_rows_of_users_deleted_from_better_auth(app, two_users):
+    delete_user(app, two_users["alice"])
+    assert run(app, "erase-orphans", "--dry-run") == (
+        0,
+        "Users missing from Better Auth's user table: 1. Would erase: task 2, idempotency_key 1.\n",
+    )
+    assert (rows_of(app, two_users["alice"]), rows_of(app, two_users["bob"])) == ((2, 1), (2, 1))
+    assert run(app, "erase-orphans") == (
+        0,
+        "Users missing from Better Auth's user table: 1. Erased: task 2, idempotency_key 1.\n",
+    )
+    assert (rows_of(app, two_users["alice"]), rows_of(app, two_users["bob"])) == ((0, 0), (2, 1))
+    assert run(app, "erase-orphans") == (
+        0,
+        "Users missing from Better Auth's user table: 0. Erased: task 0, idempotency_key 0.\n",
+    )
+
+
+def test_erase_orphans_counts_a_user_with_only_an_idempotency_key(app, two_users):
+    """A deleted task keeps its key for 24 hours: the key alone still belongs to the user."""
+    with get_engine(app).begin() as connection:
+        connection.execute(delete(task).where(task.c.user_id == two_users["alice"]))
+    delete_user(app, two_users["alice"])
+    assert run(app, "erase-orphans") == (
+        0,
+        "Users missing from Better Auth's user table: 1. Erased: task 0, idempotency_key 1.\n",
+    )
+    assert (rows_of(app, two_users["alice"]), rows_of(app, two_users["bob"])) == ((0, 0), (2, 1))
+
+
+def test_erase_orphans_refuses_when_the_user_table_is_empty(app, two_users):
+    """Pointed at a database whose users live elsewhere, it would otherwise erase everyone's tasks."""
+    for user_id in two_users.values():
+        delete_user(app, user_id)
+    for args in [("erase-orphans",), ("erase-orphans", "--dry-run")]:
+        assert run(app, *args) == (
+            1,
+            "Error: Better Auth's user table is empty: erasing would delete every user's rows, so nothing was "
+            "erased.\n",
+        )
+    assert [rows_of(app, user_id) for user_id in two_users.values()] == [(2, 1), (2, 1)]
+
+
+def test_erase_user_erases_one_users_rows(app, two_users):
+    bob = two_users["bob"]
+    assert run(app, "erase-user", bob, "--dry-run") == (0, f"User {bob}. Would erase: task 2, idempotency_key 1.\n")
+    assert rows_of(app, bob) == (2, 1)
+    assert run(app, "erase-user", bob) == (0, f"User {bob}. Erased: task 2, idempotency_key 1.\n")
+    assert (rows_of(app, two_users["alice"]), rows_of(app, bob)) == ((2, 1), (0, 0))
+    assert run(app, "erase-user", "no-such-user") == (0, "User no-such-user. Erased: task 0, idempotency_key 0.\n")
+
+
+def test_erase_orphans_refuses_without_a_user_table(fresh_sqlite_app):
+    assert run(fresh_sqlite_app, "init-db", "--no-auth-tables") == (0, "Initialized the database (sqlite).\n")
+    assert run(fresh_sqlite_app, "erase-orphans") == (
+        1,
+        "Error: Better Auth's user table is not in this database: nothing was erased.\n",
+    )

@@ -1,5 +1,7 @@
 """CORS: the browser frontend's origin may call the API with credentials; others may not."""
 
+import pytest
+
 FRONTEND = "http://localhost:3000"
 
 
@@ -55,3 +57,62 @@ def test_wildcard_origin_never_allows_credentials(make_app, auth):
         assert response.status_code == 200
         assert "Access-Control-Allow-Origin" in response.headers
         assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+def allowed_origin(client, origin, auth):
+    """The Access-Control-Allow-Origin of an authenticated list request from `origin`, or None."""
+    response = client.get("/api/tasks", headers={"Origin": origin, **auth})
+    assert response.status_code == 200
+    return response.headers.get("Access-Control-Allow-Origin")
+
+
+def test_an_origin_with_regex_characters_is_taken_literally(make_app, auth):
+    """`https://*.example.com` is not a pattern: flask-cors alone would have let the attacker's origin in."""
+    client = make_app(CORS_ORIGINS=["https://*.example.com"]).test_client()
+    assert allowed_origin(client, "https://xexample.com.attacker.net", auth) is None
+    assert allowed_origin(client, "https://app.example.com", auth) is None
+    assert allowed_origin(client, "https://*.example.com", auth) == "https://*.example.com"
+    response = preflight(client, "https://xexample.com.attacker.net")
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+def test_a_literal_origin_matches_whole_and_case_insensitively(make_app, auth):
+    client = make_app(CORS_ORIGINS=["https://app.example.com", FRONTEND]).test_client()
+    assert allowed_origin(client, "https://app.example.com", auth) == "https://app.example.com"
+    assert allowed_origin(client, "HTTPS://APP.EXAMPLE.COM", auth) == "HTTPS://APP.EXAMPLE.COM"
+    assert allowed_origin(client, FRONTEND, auth) == FRONTEND
+    for origin in ["https://app.example.com.attacker.net", "https://app.example.co", "https://app.example.com:8443"]:
+        assert allowed_origin(client, origin, auth) is None
+    assert allowed_origin(client, "https://appxexample.com", auth) is None  # `.` is a dot, not any character
+
+
+def test_a_regex_entry_is_anchored_at_both_ends(make_app, auth):
+    client = make_app(CORS_ORIGINS=[r"regex:https://[a-z0-9-]+\.example\.com"]).test_client()
+    response = client.get("/api/tasks", headers={"Origin": "https://app.example.com", **auth})
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert response.headers["Access-Control-Allow-Credentials"] == "true"
+    for origin in [
+        "https://app.example.com.attacker.net",
+        "https://attacker.net/https://app.example.com",
+        "https://a.b.example.com",
+        "http://app.example.com",
+    ]:
+        assert allowed_origin(client, origin, auth) is None
+
+
+def test_an_alternation_in_a_regex_entry_is_anchored_as_a_whole(make_app, auth):
+    client = make_app(CORS_ORIGINS=[r"regex:https://a\.example\.com|https://b\.example\.com"]).test_client()
+    assert allowed_origin(client, "https://b.example.com", auth) == "https://b.example.com"
+    assert allowed_origin(client, "https://a.example.com.attacker.net", auth) is None
+    assert allowed_origin(client, "https://attacker.net#https://b.example.com", auth) is None
+
+
+def test_an_invalid_regex_entry_stops_the_app_with_the_variable_named(make_app):
+    with pytest.raises(RuntimeError, match=r"^CORS_ORIGINS has an invalid pattern 'regex:https://\(': "):
+        make_app(CORS_ORIGINS=["regex:https://("])
+
+
+def test_the_wildcard_still_allows_any_origin(make_app, auth):
+    client = make_app(CORS_ORIGINS=["*"]).test_client()
+    assert allowed_origin(client, "https://anywhere.example", auth) == "https://anywhere.example"

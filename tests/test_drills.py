@@ -322,6 +322,7 @@ class Service:
             "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT),
             "GUNICORN_ACCESS_LOG": "true",
             "LOG_LEVEL": "INFO",
+            "SECRET_KEY": "drill-secret-0123456789abcdef",  # production refuses to start without one
             # All the load comes from one address and one user: counted, never refused.
             "RATELIMIT_PER_IP": "1000000 per minute",
             "RATELIMIT_PER_USER": "1000000 per minute",

@@ -1,11 +1,13 @@
 """Finding tasks: every filter, sort and page of `GET /api/tasks`, on both databases."""
 
+import json
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 import orjson
 import pytest
 from conftest import user_id_of
+from itsdangerous import URLSafeSerializer
 from sqlalchemy import event, text
 
 from todo_api import listing
@@ -218,6 +220,69 @@ def test_edited_cursor_is_422(listed, create_task):
     other_sort = listed(limit=1, cursor=cursor, sort_by="title")
     assert other_sort.status_code == 422
     assert other_sort.get_json()["errors"] == {"cursor": ["The cursor belongs to another sort order."]}
+
+
+CURSOR_KEY = "cursor-test-key-0123456789abcdef"
+VALID_CURSOR_VALUES = {  # each one sorts before the task the test creates
+    "created_at": "9998-11-25T08:00:00.123456",
+    "updated_at": "9998-11-25T08:00:00",
+    "due_date": "9998-11-25T08:00:00",
+    "priority": "high",
+    "title": "zz",
+}
+NOT_A_DATE = [None, True, 5, 1.5, ["a"], {"a": 1}, "", "not-a-date", "2026-11-25T08:00:00+00:00", "2026-13-01T00:00:00"]
+MALFORMED_VALUES = {
+    "created_at": NOT_A_DATE,
+    "updated_at": NOT_A_DATE,
+    "due_date": NOT_A_DATE[1:],  # null is where tasks without a due date begin
+    "priority": [None, True, 2, "urgent", "HIGH", ["high"], {"high": 1}],
+    "title": [None, True, 5, ["a"], {"a": "b"}, "a\x00b", "\ud800"],
+}
+MALFORMED_IDS = ["1", True, None, 1.5, 0, -1, 2**31, 2**70, [1], {"id": 1}]
+
+
+def malformed_cursor_contents(sort_by):
+    """Cursor contents that `Cursors.dump` never writes for this sort (descending)."""
+    value = VALID_CURSOR_VALUES[sort_by]
+    return [
+        *([sort_by, True, bad, 1] for bad in MALFORMED_VALUES[sort_by]),
+        *([sort_by, True, value, bad] for bad in MALFORMED_IDS),
+        [sort_by, True, value],
+        [sort_by, True, value, 1, 2],
+        [sort_by, "true", value, 1],
+        [sort_by, 1, value, 1],
+        [sort_by],
+        [],
+        {"sort_by": sort_by, "descending": True, "value": value, "id": 1},
+        "abcd",
+        5,
+        None,
+    ]
+
+
+@pytest.mark.parametrize("sort_by", list(listing.SORT_KEYS))
+def test_a_signed_cursor_with_malformed_content_is_422(make_app, auth, sort_by):
+    """A cursor signed with the app's key but not written by it (a leaked key, an old version) is refused, not run."""
+    client = make_app(SECRET_KEY=CURSOR_KEY).test_client()
+    # The standard json module writes a lone surrogate as an escape, as a forger would.
+    sign = URLSafeSerializer(CURSOR_KEY, salt=listing.CURSOR_SALT, serializer=json).dumps
+    client.post("/api/tasks", json={"title": "z"}, headers=auth)
+
+    def listed_after(content):
+        return client.get(f"/api/tasks?{urlencode({'sort_by': sort_by, 'cursor': sign(content)})}", headers=auth)
+
+    for content in malformed_cursor_contents(sort_by):
+        response = listed_after(content)
+        assert (response.status_code, response.get_json()) == (
+            422,
+            {"detail": "Validation failed", "errors": {"cursor": ["Not a valid cursor."]}},
+        ), content
+    well_formed = [[sort_by, True, VALID_CURSOR_VALUES[sort_by], 2**31 - 1]]
+    if sort_by == "due_date":
+        well_formed.append([sort_by, True, None, 2**31 - 1])
+    for content in well_formed:
+        response = listed_after(content)
+        assert (response.status_code, [task["title"] for task in response.get_json()["data"]]) == (200, ["z"])
 
 
 HOSTILE = ["'", "%", "_", "\\", "'; DROP TABLE task; --", '" OR 1=1 --', "%_\\%", "' OR ''='", "ñ%"]

@@ -124,6 +124,7 @@ def test_errors_are_documented_where_they_can_happen(document):
     assert responses[("PATCH", SINGLE_TASK + "/mark-reminder-sent")] == responses[("DELETE", SINGLE_TASK)]
     assert responses[("GET", "/health/ready")] == {"200", "405", "503"}
     assert responses[("GET", "/health")] == {"200", "405"}
+    assert responses[("GET", "/docs")] == responses[("GET", "/openapi.json")] == {"200", "405", "429"}
 
 
 def test_error_bodies_share_one_schema(document):
@@ -237,3 +238,39 @@ def test_docs_serve_nothing_else(client, path):
     response = client.get(path)
     assert response.status_code == 404
     assert response.mimetype == "application/json"
+
+
+NOT_FOUND = (
+    "The requested URL was not found on the server. If you entered the URL manually please check your spelling and "
+    "try again."
+)
+DOCS_PATHS = ["/docs", "/docs/swagger-ui-bundle.js", "/openapi.json"]
+
+
+def test_docs_can_be_turned_off(make_app, auth):
+    client = make_app(DOCS_ENABLED=False).test_client()
+    for path in DOCS_PATHS:
+        response = client.get(path)
+        assert (response.status_code, response.get_json()) == (404, {"detail": NOT_FOUND}), path
+    assert client.get("/api/tasks", headers=auth).get_json() == {"data": []}
+
+
+def test_docs_have_a_tighter_limit_per_address_shared_by_the_page_its_files_and_the_document(make_app, auth):
+    client = make_app(RATELIMIT_DOCS="3 per minute").test_client()
+    assert [client.get(path).status_code for path in DOCS_PATHS] == [200, 200, 200]
+    for path in DOCS_PATHS:
+        refused = client.get(path)
+        assert (refused.status_code, refused.get_json()) == (
+            429,
+            {"detail": "Rate limit exceeded: 3 per 1 minute per client address on the documentation"},
+        )
+        assert 1 <= int(refused.headers["Retry-After"]) <= 61
+    # The rest of the service, and the docs from another address, are not held back.
+    assert client.get("/api/tasks", headers=auth).status_code == 200
+    assert client.get("/health/ready").status_code == 200
+    assert client.get("/docs", environ_base={"REMOTE_ADDR": "10.0.0.2"}).status_code == 200
+
+
+def test_the_docs_limit_is_sixty_a_minute_by_default(client):
+    statuses = [client.get("/docs/swagger-ui.css").status_code for _ in range(61)]
+    assert statuses == [200] * 60 + [429]

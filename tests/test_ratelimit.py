@@ -295,6 +295,7 @@ def test_defaults(monkeypatch):
         "RATELIMIT_ENABLED",
         "RATELIMIT_PER_USER",
         "RATELIMIT_PER_IP",
+        "RATELIMIT_DOCS",
         "RATELIMIT_HEADERS_ENABLED",
         "RATELIMIT_KEY_PREFIX",
         "REDIS_URL",
@@ -308,6 +309,7 @@ def test_defaults(monkeypatch):
             "RATELIMIT_ENABLED",
             "RATELIMIT_PER_USER",
             "RATELIMIT_PER_IP",
+            "RATELIMIT_DOCS",
             "RATELIMIT_HEADERS_ENABLED",
             "RATELIMIT_KEY_PREFIX",
             "REDIS_URL",
@@ -317,6 +319,7 @@ def test_defaults(monkeypatch):
         "RATELIMIT_ENABLED": True,
         "RATELIMIT_PER_USER": "1800 per minute",
         "RATELIMIT_PER_IP": "6000 per minute",
+        "RATELIMIT_DOCS": "60 per minute",
         "RATELIMIT_HEADERS_ENABLED": True,
         "RATELIMIT_KEY_PREFIX": "todo-api",
         "REDIS_URL": None,
@@ -325,7 +328,7 @@ def test_defaults(monkeypatch):
 
 
 @sqlite_only
-@pytest.mark.parametrize("setting", ["RATELIMIT_PER_USER", "RATELIMIT_PER_IP"])
+@pytest.mark.parametrize("setting", ["RATELIMIT_PER_USER", "RATELIMIT_PER_IP", "RATELIMIT_DOCS"])
 def test_a_malformed_limit_names_its_setting(limited, setting):
     with pytest.raises(RuntimeError, match=setting):
         limited(**{setting: "lots per fortnight"})

@@ -1,8 +1,10 @@
 """Bad input gets a clear JSON error with the right status, and changes nothing."""
 
+import io
 import json
 
 import pytest
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 VALID = {"title": "ok"}
 
@@ -168,6 +170,58 @@ def test_body_over_one_mebibyte_is_413(client, auth, create_task):
         response = client.open(path, method=method, headers=auth, data=huge, content_type="application/json")
         error_of(response, 413)
     assert stored(client, auth) == [task]
+
+
+class Chunks(io.RawIOBase):
+    """A request body of unknown length, read as a server hands over a chunked one."""
+
+    def __init__(self, data):
+        self.data = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        chunk = self.data.read(min(len(buffer), 8192))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def send_chunked(app, method, path, body, headers):
+    """The request as gunicorn passes a chunked body: no Content-Length, `wsgi.input_terminated` set."""
+    environ = EnvironBuilder(
+        path=path,
+        method=method,
+        headers={**headers, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+    ).get_environ()
+    assert "CONTENT_LENGTH" not in environ
+    environ.update({"wsgi.input": Chunks(body), "wsgi.input_terminated": True})
+    return app.response_class(*run_wsgi_app(app, environ, buffered=True))
+
+
+def padded(body, size):
+    """`body` followed by whitespace, `size` bytes in all: still the same JSON."""
+    return body + b" " * (size - len(body))
+
+
+MIB = 1024 * 1024
+
+
+def test_chunked_body_over_one_mebibyte_is_413_and_stores_nothing(app, client, auth, create_task):
+    """The first MiB alone is valid JSON: cutting the body there would store it."""
+    task = create_task()
+    for method, path in [("POST", "/api/tasks"), ("PUT", f"/api/tasks/{task['id']}")]:
+        for size in [MIB + 1, 3 * MIB]:
+            response = send_chunked(app, method, path, padded(b'{"title": "cut"}', size), auth)
+            assert error_of(response, 413) == {"detail": "The data value transmitted exceeds the capacity limit."}
+    assert stored(client, auth) == [task]
+
+
+def test_chunked_body_of_up_to_one_mebibyte_is_read_whole(app, client, auth):
+    for size in [MIB, MIB - 1, 20]:
+        response = send_chunked(app, "POST", "/api/tasks", padded(b'{"title": "whole"}', size), auth)
+        assert response.status_code == 200, response.get_data(as_text=True)
+    assert [task["title"] for task in stored(client, auth)] == ["whole"] * 3
 
 
 def test_unknown_route_is_404_json(client, auth):

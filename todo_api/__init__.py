@@ -1,23 +1,32 @@
 """todo-api: per-user tasks behind Better Auth sessions."""
 
 import logging
+from pathlib import Path
 
-from dotenv import find_dotenv, load_dotenv
+import click
+from dotenv import load_dotenv
 from flask import Flask
-from flask_cors import CORS
 
-from . import cli, config, database, errors, ratelimit
+from . import cli, config, cors, database, errors, ratelimit, web
 from .json_provider import OrjsonProvider
 from .listing import Cursors
 from .models import session_lookup
 
+log = logging.getLogger(__name__)
+
 DEVELOPMENT_SECRET = "todo-api-development-secret"
+MISSING_SECRET = (
+    "SECRET_KEY or BETTER_AUTH_SECRET must be set: page cursors are signed with it, and without it they would be "
+    "signed with a public development value. For development, run with FLASK_DEBUG=1 (`make run` does)."
+)
 
 
 def create_app(test_config=None):
     """Build the app. `test_config` replaces settings read from the environment."""
-    load_dotenv(find_dotenv(usecwd=True))
+    # Only the working directory's .env: never one found in a parent directory.
+    load_dotenv(Path.cwd() / ".env")
     app = Flask(__name__, instance_relative_config=True)
+    web.init_app(app)
     app.json = OrjsonProvider(app)
     app.config.from_mapping(config.from_environment())
     if test_config is not None:
@@ -34,21 +43,29 @@ def create_app(test_config=None):
 def register_extensions(app):
     database.init_app(app)
     app.extensions["todo_api.session_lookup"] = session_lookup(app.config)
-    app.extensions["todo_api.cursors"] = Cursors(
-        app.config["SECRET_KEY"] or app.config["BETTER_AUTH_SECRET"] or DEVELOPMENT_SECRET
-    )
-    origins = app.config["CORS_ORIGINS"]
-    # Credentials are never allowed together with a wildcard origin. The browser
-    # shows a script only the response headers exposed here: ETag for If-Match,
-    # the rate-limit headers (Retry-After on a 429).
-    CORS(
-        app,
-        origins=origins,
-        supports_credentials="*" not in origins,
-        max_age=600,
-        expose_headers=["ETag", "Idempotent-Replayed", *ratelimit.HEADERS],
-    )
+    app.extensions["todo_api.cursors"] = Cursors(signing_secret(app))
+    cors.init_app(app)
     ratelimit.init_app(app)
+
+
+def signing_secret(app):
+    """The key that signs page cursors. Outside development, tests and the flask commands, it must be set."""
+    secret = app.config["SECRET_KEY"] or app.config["BETTER_AUTH_SECRET"]
+    if secret:
+        return secret
+    if not (app.debug or app.testing or loaded_for_a_command()):
+        raise RuntimeError(MISSING_SECRET)
+    log.warning("SECRET_KEY and BETTER_AUTH_SECRET are unset: page cursors are signed with a public development secret")
+    return DEVELOPMENT_SECRET
+
+
+def loaded_for_a_command():
+    """True when the flask command loads the app for a command such as init-db, db upgrade or create-session.
+
+    Those sign no cursor and must work on a fresh clone; `flask run` serves requests, so it does not count.
+    """
+    context = click.get_current_context(silent=True)
+    return context is not None and context.command.name != "run"
 
 
 def register_blueprints(app):
@@ -56,4 +73,5 @@ def register_blueprints(app):
 
     app.register_blueprint(health.bp)
     app.register_blueprint(tasks.bp)
-    app.register_blueprint(openapi.bp)
+    if app.config["DOCS_ENABLED"]:
+        app.register_blueprint(openapi.bp)

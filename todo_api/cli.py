@@ -1,4 +1,4 @@
-"""Command-line tools: `flask --app todo_api init-db` and `create-session`."""
+"""Command-line tools: `flask --app todo_api init-db`, `db ...`, `create-session`, `erase-orphans`, `erase-user`."""
 
 import secrets
 import string
@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 import click
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
-from sqlalchemy import insert, select
+from sqlalchemy import delete, exists, func, insert, inspect, select, union
 
 from . import models
 from .database import current_revision, downgrade, get_engine, upgrade
+from .idempotency import idempotency_key
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 
@@ -102,7 +103,72 @@ def create_session_command(email, days):
     click.echo(token)
 
 
+# Every table of this service keyed by a Better Auth user id. Better Auth owns the `user` table, so none of
+# them has a foreign key to it: a user deleted there leaves these rows behind until they are erased.
+USER_TABLES = (models.task, idempotency_key)
+
+
+def missing_user(table):
+    return ~exists().where(models.user.c.id == table.c.user_id)
+
+
+def erase_rows(connection, condition_for, dry_run):
+    """Delete (or, in a dry run, count) the rows of every user table that match `condition_for(table)`."""
+    counts = {}
+    for table in USER_TABLES:
+        condition = condition_for(table)
+        if dry_run:
+            counts[table.name] = connection.execute(select(func.count()).select_from(table).where(condition)).scalar()
+        else:
+            counts[table.name] = connection.execute(delete(table).where(condition)).rowcount
+    return counts
+
+
+def summary(dry_run, counts):
+    erased = ", ".join(f"{table} {count}" for table, count in counts.items())
+    return f"{'Would erase' if dry_run else 'Erased'}: {erased}."
+
+
+def check_user_table(connection):
+    """Refuse to treat every user as deleted when Better Auth's user table is missing or empty here."""
+    if not inspect(connection).has_table(models.user.name):
+        raise click.ClickException("Better Auth's user table is not in this database: nothing was erased.")
+    if connection.execute(select(models.user.c.id).limit(1)).first() is None:
+        raise click.ClickException(
+            "Better Auth's user table is empty: erasing would delete every user's rows, so nothing was erased."
+        )
+
+
+dry_run_option = click.option("--dry-run", is_flag=True, help="Count the rows that would be erased; erase nothing.")
+
+
+@click.command("erase-orphans")
+@with_appcontext
+@dry_run_option
+def erase_orphans_command(dry_run):
+    """Erase the tasks and idempotency keys of users that no longer exist in Better Auth's user table."""
+    with get_engine().begin() as connection:
+        check_user_table(connection)
+        owners = union(*(select(table.c.user_id).where(missing_user(table)) for table in USER_TABLES)).subquery()
+        users = connection.execute(select(func.count()).select_from(owners)).scalar()
+        counts = erase_rows(connection, missing_user, dry_run)
+    click.echo(f"Users missing from Better Auth's user table: {users}. {summary(dry_run, counts)}")
+
+
+@click.command("erase-user")
+@with_appcontext
+@click.argument("user_id")
+@dry_run_option
+def erase_user_command(user_id, dry_run):
+    """Erase the tasks and idempotency keys of the user with this USER_ID (Better Auth's `user.id`)."""
+    with get_engine().begin() as connection:
+        counts = erase_rows(connection, lambda table: table.c.user_id == user_id, dry_run)
+    click.echo(f"User {user_id}. {summary(dry_run, counts)}")
+
+
 def init_app(app):
     app.cli.add_command(init_db_command)
     app.cli.add_command(db_command)
     app.cli.add_command(create_session_command)
+    app.cli.add_command(erase_orphans_command)
+    app.cli.add_command(erase_user_command)

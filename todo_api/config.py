@@ -13,6 +13,8 @@ DEFAULT_RATELIMIT_PER_IP = "6000 per minute"
 # Requests of one user in progress at once in one worker process: under GUNICORN_THREADS (4), so that one
 # user's slow requests never hold all of a worker's threads.
 DEFAULT_CONCURRENT_PER_USER = 3
+# The docs page is 1.7 MB of Swagger UI and a handful of files per view; its files are cached a day.
+DEFAULT_RATELIMIT_DOCS = "60 per minute"
 
 
 def env_str(name, default=None):
@@ -73,10 +75,12 @@ def from_environment():
         "SESSION_EXPIRES_AT_COLUMN": env_str("SESSION_EXPIRES_AT_COLUMN", "expiresAt"),
         "CORS_ORIGINS": env_list("CORS_ORIGINS", DEFAULT_CORS_ORIGINS),
         "LOG_LEVEL": env_str("LOG_LEVEL", "INFO").upper(),
+        "DOCS_ENABLED": env_bool("DOCS_ENABLED", True),
         "RATELIMIT_ENABLED": env_bool("RATELIMIT_ENABLED", True),
         "RATELIMIT_PER_USER": env_str("RATELIMIT_PER_USER", DEFAULT_RATELIMIT_PER_USER),
         "RATELIMIT_PER_IP": env_str("RATELIMIT_PER_IP", DEFAULT_RATELIMIT_PER_IP),
         "RATELIMIT_CONCURRENT_PER_USER": env_int("RATELIMIT_CONCURRENT_PER_USER", DEFAULT_CONCURRENT_PER_USER),
+        "RATELIMIT_DOCS": env_str("RATELIMIT_DOCS", DEFAULT_RATELIMIT_DOCS),
         "RATELIMIT_HEADERS_ENABLED": env_bool("RATELIMIT_HEADERS_ENABLED", True),
         "RATELIMIT_KEY_PREFIX": env_str("RATELIMIT_KEY_PREFIX", "todo-api"),
         "REDIS_URL": env_str("REDIS_URL"),

@@ -32,7 +32,8 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import ServiceUnavailable
 
 from .database import transaction
-from .models import task, utcnow
+from .models import MAX_TASK_ID, PRIORITIES, task, utcnow
+from .schemas import storable_text
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ SORT_KEYS = {
     "title": task.c.title,
 }
 DATETIME_KEYS = {"created_at", "updated_at", "due_date"}
+CURSOR_SALT = "todo-api.task-cursor"
 
 
 def escape_like(value):
@@ -125,11 +127,46 @@ def after(sort_by, descending, value, last_id):
     return or_(beyond, key.is_(None))
 
 
+def refused(reason="Not a valid cursor."):
+    return ValidationError({"cursor": [reason]})
+
+
+def cursor_value(sort_by, value):
+    """A cursor's sort value as the query compares it; 422 unless it is what `Cursors.dump` writes for this sort."""
+    if sort_by == "due_date" and value is None:  # the only key that may be null
+        return None
+    if not isinstance(value, str):
+        raise refused()
+    if sort_by in DATETIME_KEYS:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise refused() from None
+        if moment.tzinfo is not None:  # naive UTC, like the columns
+            raise refused()
+        return moment
+    if sort_by == "priority":
+        if value not in PRIORITIES:
+            raise refused()
+        return PRIORITIES.index(value)
+    try:
+        storable_text(value)  # no stored title holds NUL or a lone surrogate, and the database refuses them
+    except ValidationError:
+        raise refused() from None
+    return value
+
+
 class Cursors:
-    """Opaque, signed page cursors: an edited cursor is refused, not followed."""
+    """Opaque, signed page cursors: an edited cursor is refused, not followed.
+
+    A cursor is `[sort_by, descending, value, id]`, signed. Its content is checked
+    as strictly as its signature: a cursor whose content could not have come from
+    `dump` (signed with a leaked key, or by an older version) is a 422, never a
+    query with a value of the wrong type.
+    """
 
     def __init__(self, secret):
-        self.serializer = URLSafeSerializer(secret, salt="todo-api.task-cursor")
+        self.serializer = URLSafeSerializer(secret, salt=CURSOR_SALT)
 
     def dump(self, sort_by, descending, row):
         value = row.priority if sort_by == "priority" else row._mapping[sort_by]
@@ -138,17 +175,21 @@ class Cursors:
         return self.serializer.dumps([sort_by, descending, value, row.id])
 
     def load(self, cursor, sort_by, descending):
+        """The (value, id) a page continues after; 422 for a cursor that is not one of ours for this sort."""
         try:
-            cursor_sort, cursor_descending, value, last_id = self.serializer.loads(cursor)
+            content = self.serializer.loads(cursor)
         except (BadSignature, ValueError, TypeError):
-            raise ValidationError({"cursor": ["Not a valid cursor."]}) from None
+            raise refused() from None
+        if not (isinstance(content, list) and len(content) == 4):
+            raise refused()
+        cursor_sort, cursor_descending, value, last_id = content
+        if not (isinstance(cursor_sort, str) and isinstance(cursor_descending, bool)):
+            raise refused()
         if (cursor_sort, cursor_descending) != (sort_by, descending):
-            raise ValidationError({"cursor": ["The cursor belongs to another sort order."]})
-        if value is not None and sort_by in DATETIME_KEYS:
-            value = datetime.fromisoformat(value)
-        if sort_by == "priority" and value is not None:
-            value = ("low", "medium", "high").index(value)
-        return value, last_id
+            raise refused("The cursor belongs to another sort order.")
+        if type(last_id) is not int or not 0 < last_id <= MAX_TASK_ID:  # bool is an int too
+            raise refused()
+        return cursor_value(sort_by, value), last_id
 
 
 def list_statement(user_id, query, dialect, cursors):

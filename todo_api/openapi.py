@@ -200,6 +200,10 @@ def public(operation):
     return {"tags": ["service"], **operation, "responses": {**operation["responses"], "405": "MethodNotAllowed"}}
 
 
+DOCS_DESCRIPTION = (
+    "The documentation (this document, the page and its files) has a rate limit of its own per client address, "
+    "`RATELIMIT_DOCS`; with `DOCS_ENABLED=false` it is not served at all."
+)
 LIST_DESCRIPTION = (
     "The caller's tasks, newest first unless sorted otherwise. Filters combine; ties break on `id`. Without "
     "`limit`, up to 1,000 tasks come back. A page also ends before the task that would take the response over "
@@ -239,19 +243,23 @@ OPERATIONS = {
     "openapi.document": public(
         {
             "summary": "This OpenAPI document",
+            "description": DOCS_DESCRIPTION,
             "responses": {
                 "200": {
                     "description": "The OpenAPI 3.1 document.",
                     "content": {"application/json": {"schema": {"type": "object"}}},
-                }
+                },
+                "429": "TooManyRequests",
             },
         }
     ),
     "openapi.docs": public(
         {
             "summary": "Interactive API documentation (Swagger UI)",
+            "description": DOCS_DESCRIPTION,
             "responses": {
-                "200": {"description": "An HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+                "200": {"description": "An HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}},
+                "429": "TooManyRequests",
             },
         }
     ),

@@ -1,6 +1,6 @@
 """Rate limits per client address and per user, counted by Flask-Limiter.
 
-Two limits, both fixed windows (one counter increment per limit per request):
+Three limits, all fixed windows (one counter increment per limit per request):
 
 - per client address (`RATELIMIT_PER_IP`): every route except `/health` and
   CORS preflights, unknown paths included. It is Flask-Limiter's application
@@ -9,6 +9,9 @@ Two limits, both fixed windows (one counter increment per limit per request):
 - per user (`RATELIMIT_PER_USER`): the `/api` routes, checked by `limit_user()`
   right after authentication, keyed by `g.user_id` (by address if a request
   ever gets there without a user).
+- per client address on the documentation (`RATELIMIT_DOCS`): `/docs`, its
+  files and `/openapi.json` share one budget, tighter than the general one:
+  the page is a 1.7 MB bundle, served to anyone.
 
 A third bound, `RATELIMIT_CONCURRENT_PER_USER`, counts a user's requests in
 progress in this worker process (`InFlight`): one more is refused at once
@@ -37,6 +40,8 @@ from flask_limiter import ApplicationLimit, Limiter
 from limits import parse_many
 from werkzeug.exceptions import TooManyRequests
 from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import openapi
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +162,11 @@ def init_app(app):
     )
     limiter.request_filter(is_exempt)
     limiter.init_app(app)
+    docs_limit = config["RATELIMIT_DOCS"]
+    docs_message = (
+        f"Rate limit exceeded: {described('RATELIMIT_DOCS', docs_limit)} per client address on the documentation"
+    )
+    limiter.shared_limit(docs_limit, scope="docs", key_func=address_key, error_message=docs_message)(openapi.bp)
     app.extensions["todo_api.limiter"] = limiter
     app.extensions["todo_api.limit_user"] = limiter.shared_limit(
         user_limit, scope="user", key_func=user_key, error_message=user_message

@@ -1,0 +1,211 @@
+"""The ceiling for `bench/run.py`: each scenario's SQL behind Flask, and nothing else.
+
+It answers the benchmark's requests (the frontend's, as `wrk.lua` sends them
+to todo-api) with the same `{"data": ...}` bodies as todo-api, by sending
+Postgres exactly the statements todo-api sends for them, strings and
+parameter names included: the session lookup, then the work. No validation,
+no rate limits, no ETags, no SQLAlchemy: psycopg2 directly, one connection per
+thread, in autocommit mode with the time zone set to UTC (as todo-api's), and
+orjson for the bodies. Served by gunicorn with the service's own
+gunicorn.conf.py (same worker class, workers and threads), so the difference
+between the two is the service's code alone.
+
+    DATABASE_URL=postgresql://... gunicorn --config gunicorn.conf.py 'bench.ceiling_app:create_app()'
+
+`tests/test_bench.py` checks that every statement here is the one the service
+sends for the same request, and that the bodies match.
+"""
+
+import os
+import threading
+from datetime import UTC, datetime
+
+import orjson
+import psycopg2
+import psycopg2.extras
+from flask import Flask, Response, request
+
+# -- The session lookup ------------------------------------------------------
+# The statement todo-api sends at the start of every /api request
+# (todo_api/models.py `session_lookup`, run by todo_api/auth.py `authenticate`),
+# and its parameters. When the service's lookup changes, change these two.
+SESSION_LOOKUP = (
+    'SET LOCAL statement_timeout = 5000; SELECT session."userId" \nFROM session \n'
+    'WHERE session.token = %(token)s AND session."expiresAt" > now()'
+)
+
+
+def session_lookup_parameters(token):
+    return {"token": token}
+
+
+# -- The work: todo_api/models.py and listing.py, as they compile for psycopg2 --
+TASK_COLUMNS = (
+    "task.id, task.user_id, task.title, task.description, task.completed, task.priority, task.category, "
+    "task.tags, task.created_at, task.updated_at, task.due_date, task.recurrence_pattern, task.remind_at, "
+    "task.reminder_sent"
+)
+TIMEOUT = "SET LOCAL statement_timeout = 5000; "
+NEXT_UPDATED_AT = "updated_at=GREATEST(%(now)s, task.updated_at + INTERVAL '1 microsecond')"
+OWNED = "task.id = %(task_key)s AND task.user_id = %(owner_id)s"
+LIST_LIMIT = 1001  # the service's ceiling of 1,000 rows, plus one to tell whether more follow
+
+LIST = (
+    f"{TIMEOUT}SELECT {TASK_COLUMNS} \nFROM task \n"
+    "WHERE task.user_id = %(user_id_1)s ORDER BY task.created_at DESC, task.id DESC \n LIMIT %(param_1)s"
+)
+GET = f"{TIMEOUT}SELECT {TASK_COLUMNS} \nFROM task \nWHERE {OWNED}"
+CREATE = (
+    f"{TIMEOUT}INSERT INTO task (user_id, title, description, completed, priority, category, tags, created_at, "
+    "updated_at, due_date, recurrence_pattern, remind_at, reminder_sent) VALUES (%(user_id)s, %(title)s, "
+    "%(description)s, %(completed)s, %(priority)s, %(category)s, %(tags)s::JSON, %(created_at)s, %(updated_at)s, "
+    f"%(due_date)s, %(recurrence_pattern)s, %(remind_at)s, %(reminder_sent)s) RETURNING {TASK_COLUMNS}"
+)
+TOGGLE = (
+    f"{TIMEOUT}UPDATE task SET completed=NOT task.completed, {NEXT_UPDATED_AT} "
+    f"WHERE {OWNED} AND task.recurrence_pattern IS NULL RETURNING {TASK_COLUMNS}"
+)
+# The frontend's edit form sends title, description, priority, due_date and recurrence_pattern (and is_recurring,
+# which is derived): the schedule fields make todo-api lock the row in a transaction before it writes.
+UPDATE_LOCK = f"{GET} FOR UPDATE"
+UPDATE_FORM_FIELDS = ("title", "description", "priority", "due_date", "recurrence_pattern")
+UPDATE_FORM = (
+    f"{TIMEOUT}UPDATE task SET title=%(title)s, description=%(description)s, priority=%(priority)s, "
+    f"{NEXT_UPDATED_AT}, due_date=%(due_date)s, recurrence_pattern=%(recurrence_pattern)s "
+    f"WHERE {OWNED} RETURNING {TASK_COLUMNS}"
+)
+CREATE_DEFAULTS = {
+    "title": None,
+    "description": None,
+    "priority": "medium",
+    "category": None,
+    "tags": [],
+    "due_date": None,
+    "recurrence_pattern": None,
+    "remind_at": None,
+}
+JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC  # todo-api's JSON provider
+
+
+def utcnow():
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def create_app(database_url=None, connection_factory=None):
+    """The ceiling app on `database_url` (default: $DATABASE_URL, a libpq URL).
+
+    `connection_factory` (a psycopg2 connection class) is for tests that watch
+    the statements.
+    """
+    database_url = database_url or os.environ["DATABASE_URL"]
+    local = threading.local()
+    app = Flask(__name__)
+
+    def cursor():
+        connection = getattr(local, "connection", None)
+        if connection is None or connection.closed:
+            connection = psycopg2.connect(database_url, connection_factory=connection_factory)
+            connection.autocommit = True
+            psycopg2.extras.register_default_json(connection, loads=orjson.loads)
+            with connection.cursor() as setup:
+                setup.execute("SET TIME ZONE 'UTC'")
+            local.connection = connection
+        return connection.cursor()
+
+    def answer(body, status=200):
+        return Response(orjson.dumps(body, option=JSON_OPTIONS), status=status, mimetype="application/json")
+
+    def task_of(cur):
+        row = cur.fetchone()
+        if row is None:
+            return None
+        task = dict(zip((column.name for column in cur.description), row, strict=True))
+        task["is_recurring"] = task["recurrence_pattern"] is not None
+        return task
+
+    def one(cur):
+        task = task_of(cur)
+        return answer({"detail": "Task not found"}, 404) if task is None else answer({"data": task})
+
+    def user_id(cur):
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        cur.execute(SESSION_LOOKUP, session_lookup_parameters(token.strip()))
+        row = cur.fetchone()
+        return row and row[0]
+
+    def authenticated(view):
+        def run(**kwargs):
+            with cursor() as cur:
+                owner = user_id(cur)
+                if owner is None:
+                    return answer({"detail": "Not authenticated"}, 401)
+                return view(cur, owner, **kwargs)
+
+        run.__name__ = view.__name__
+        return run
+
+    @app.get("/health")
+    def health():
+        return answer({"status": "healthy"})
+
+    @app.get("/api/tasks")
+    @authenticated
+    def list_tasks(cur, owner):
+        cur.execute(LIST, {"user_id_1": owner, "param_1": LIST_LIMIT})
+        names = [column.name for column in cur.description]
+        tasks = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        for task in tasks:
+            task["is_recurring"] = task["recurrence_pattern"] is not None
+        return answer({"data": tasks})
+
+    @app.post("/api/tasks")
+    @authenticated
+    def create_task(cur, owner):
+        body = orjson.loads(request.get_data())
+        now = utcnow()
+        values = {name: body.get(name, default) for name, default in CREATE_DEFAULTS.items()}
+        values.update(
+            tags=orjson.dumps(values["tags"]).decode(),
+            user_id=owner,
+            completed=False,
+            reminder_sent=False,
+            created_at=now,
+            updated_at=now,
+        )
+        cur.execute(CREATE, values)
+        return one(cur)
+
+    @app.get("/api/tasks/<int:task_id>")
+    @authenticated
+    def get_task(cur, owner, task_id):
+        cur.execute(GET, {"task_key": task_id, "owner_id": owner})
+        return one(cur)
+
+    @app.put("/api/tasks/<int:task_id>")
+    @authenticated
+    def update_task(cur, owner, task_id):
+        body = orjson.loads(request.get_data())
+        key = {"task_key": task_id, "owner_id": owner}
+        cur.execute("BEGIN")
+        try:
+            cur.execute(UPDATE_LOCK, key)
+            if cur.fetchone() is None:
+                cur.execute("ROLLBACK")
+                return answer({"detail": "Task not found"}, 404)
+            cur.execute(UPDATE_FORM, {**{name: body.get(name) for name in UPDATE_FORM_FIELDS}, "now": utcnow(), **key})
+            task = task_of(cur)
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+        return answer({"data": task})
+
+    @app.patch("/api/tasks/<int:task_id>/complete")
+    @authenticated
+    def toggle_task(cur, owner, task_id):
+        cur.execute(TOGGLE, {"now": utcnow(), "task_key": task_id, "owner_id": owner})
+        return one(cur)
+
+    return app

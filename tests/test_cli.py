@@ -10,7 +10,7 @@ from todo_api import create_app
 from todo_api.database import get_engine
 from todo_api.models import user
 
-DIALECTS = {"postgres": "postgresql", "sqlite": "sqlite"}
+DIALECTS = {"postgres": "postgresql", "pgbouncer": "postgresql", "sqlite": "sqlite"}
 
 
 @pytest.fixture

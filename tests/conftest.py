@@ -90,6 +90,19 @@ def pooled_url(postgres_url, pooler):
     return pooler.url(postgres_url)
 
 
+@pytest.fixture
+def empty_postgres_url(postgres_url):
+    """A new, empty Postgres database of this test's own, dropped afterwards (postgres_url proves the server is up)."""
+    admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
+    name = f"todo_api_empty_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def truncate_postgres(engine):
     with engine.begin() as connection:
         connection.execute(text('TRUNCATE task, idempotency_key, "session", "user" RESTART IDENTITY CASCADE'))

@@ -1,8 +1,9 @@
-"""Every list query is an index range scan of the caller's rows (Postgres's own plans).
+"""Every list query is an index range scan of the caller's rows, and the session lookup an index
+scan by token digest (Postgres's own plans).
 
 The plans are read from a database of its own, filled once with 40,000 tasks
 of 40 users (10,000 of them the caller's, more than one page without a limit)
-and analysed, so the planner sees a realistic table.
+and 20,000 sessions, and analysed, so the planner sees realistic tables.
 """
 
 import pytest
@@ -11,7 +12,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.dialects import postgresql
 
 from todo_api import create_app, listing
-from todo_api.database import get_engine, normalize_url, upgrade
+from todo_api.database import get_engine, normalize_url
+from todo_api.models import create_schema
+from todo_api.token_digest import token_digest
 
 FILL = text("""
     INSERT INTO task (user_id, title, description, completed, priority, category, tags,
@@ -23,6 +26,13 @@ FILL = text("""
            CASE WHEN g % 5 = 0 THEN NULL ELSE now() + g * interval '1 hour' END, false
     FROM generate_series(1, 40000) AS g
 """)
+FILL_SESSIONS = text("""
+    INSERT INTO "user" (id, name, email, "emailVerified")
+    SELECT 'user-' || g, 'User ' || g, 'user-' || g || '@example.com', false FROM generate_series(0, 39) AS g;
+    INSERT INTO "session" (id, "expiresAt", token, "updatedAt", "userId")
+    SELECT 'session-' || g, now() + interval '7 days', 'token-' || g, now(), 'user-' || (g % 40)
+    FROM generate_series(1, 20000) AS g
+""")
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +42,25 @@ def explain(postgres_url):
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     app = create_app(base_config(postgres_url.rsplit("/", 1)[0] + "/" + name))
-    upgrade(get_engine(app))
+    create_schema(get_engine(app), app.config, with_auth_tables=True)
     connection = get_engine(app).connect()
     connection.execute(FILL)
+    connection.execute(FILL_SESSIONS)
     connection.execute(text("ANALYZE task"))
+    connection.execute(text('ANALYZE "session"'))
     cursors = app.extensions["todo_api.cursors"]
+    lookup_sql = str(app.extensions["todo_api.session_lookup"].compile(dialect=connection.dialect))
 
     def plan(**query):
         statement = listing.list_statement("user-7", query, "postgresql", cursors)
         sql = statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
         return "\n".join(connection.execute(text(f"EXPLAIN {sql}")).scalars())
 
+    def lookup_plan(token):
+        return "\n".join(connection.exec_driver_sql(f"EXPLAIN {lookup_sql}", {"digest": token_digest(token)}).scalars())
+
     plan.cursors = cursors
+    plan.lookup = lookup_plan
     yield plan
     connection.close()
     get_engine(app).dispose()
@@ -99,3 +116,10 @@ def test_a_deep_page_starts_inside_the_index(explain, sort_by, index):
     assert_index_range_scan(plan, index)
     condition = plan.splitlines()[2]
     assert "Index Cond:" in condition and f"ROW({sort_by}" in condition.replace("(title)::text", "title"), plan
+
+
+def test_the_session_lookup_is_an_index_scan_by_token_digest(explain):
+    plan = explain.lookup("token-1234").splitlines()
+    assert "Index Scan using ix_session_token_digest on session" in plan[0], plan
+    assert plan[1].strip().startswith("Index Cond: (todo_api_token_digest(token) = '\\x"), plan
+    assert 'Filter: ("expiresAt" > now())' in plan[2], plan

@@ -6,15 +6,13 @@ whichever came first, the session table or the migration.
 """
 
 import hashlib
-import uuid
 
 import pytest
-from conftest import ADMIN_URL, POSTGRES_BACKENDS, base_config
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import make_url
+from conftest import POSTGRES_BACKENDS, base_config
+from sqlalchemy import event, text
 
 from todo_api import create_app
-from todo_api.database import current_revision, downgrade, get_engine, normalize_url, upgrade
+from todo_api.database import current_revision, downgrade, get_engine, upgrade
 from todo_api.token_digest import token_digest
 
 postgres_only = pytest.mark.parametrize("backend", POSTGRES_BACKENDS, indirect=True)
@@ -61,21 +59,8 @@ def index_definitions(engine, table="session"):
 
 
 @pytest.fixture
-def fresh_url():
-    """A new, empty Postgres database, dropped afterwards."""
-    admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    name = f"todo_api_digest_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-@pytest.fixture
-def fresh_app(fresh_url):
-    app = create_app(base_config(fresh_url))
+def fresh_app(empty_postgres_url):
+    app = create_app(base_config(empty_postgres_url))
     yield app
     get_engine(app).dispose()
 
@@ -180,8 +165,10 @@ def test_init_db_with_auth_tables_indexes_them_on_an_empty_database_and_after_a_
     assert current_revision(get_engine(fresh_app)) == "0005"
 
 
-def test_a_custom_session_table_is_indexed_under_its_own_names(fresh_url):
-    app = create_app(base_config(fresh_url, SESSION_TABLE="auth_sessions", SESSION_TOKEN_COLUMN="sessionToken"))
+def test_a_custom_session_table_is_indexed_under_its_own_names(empty_postgres_url):
+    app = create_app(
+        base_config(empty_postgres_url, SESSION_TABLE="auth_sessions", SESSION_TOKEN_COLUMN="sessionToken")
+    )
     try:
         with get_engine(app).begin() as connection:
             connection.execute(

@@ -104,7 +104,7 @@ def empty_postgres_url(postgres_url):
 
 
 def truncate_postgres(engine):
-    with engine.begin() as connection:
+    with engine.connect() as connection, connection.execution_options(statement_timeout_ms=0).begin():
         connection.execute(text('TRUNCATE task, idempotency_key, "session", "user" RESTART IDENTITY CASCADE'))
 
 

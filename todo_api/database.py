@@ -306,11 +306,9 @@ def init_app(app):
 
 @contextmanager
 def migration_engine(app=None):
-    """The engine that schema changes run on.
-
-    DATABASE_MIGRATION_URL's when it is set (the direct URL, when DATABASE_URL
-    goes through a transaction pooler), else the app's own engine.
-    """
+    """The engine that schema changes run on: one on DATABASE_MIGRATION_URL when
+    that is set (the direct URL, when DATABASE_URL goes through a transaction
+    pooler), else the app's own engine."""
     app = app or current_app
     url = app.config.get("DATABASE_MIGRATION_URL")
     if not url:

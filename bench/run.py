@@ -710,15 +710,18 @@ def list_ceiling_script(token_prefix):
     The statements are compiled from the service's own query builders, with
     literal values as psycopg2 sends them: the session lookup for a random
     user's token, then that user's list (pgbench's simple query protocol).
+    The service sends the token's digest, computed in Python; pgbench cannot
+    hash, so its lookup computes the same digest in SQL (a constant, folded
+    once when the statement is planned).
     """
-    from todo_api import listing
+    from todo_api import listing, token_digest
     from todo_api.models import session_lookup
     from todo_api.schemas import list_query_schema
 
     app = service_app()
     dialect = postgresql.psycopg2.dialect()
     token_mark, user_mark = "BenchTokenMark", "BenchUserMark"
-    lookup = session_lookup(app.config).params(token=token_mark)
+    lookup = session_lookup(app.config).params(digest=token_mark.encode())
     page = listing.list_statement(
         user_mark, list_query_schema.load({}), "postgresql", app.extensions["todo_api.cursors"]
     )
@@ -733,7 +736,7 @@ def list_ceiling_script(token_prefix):
     return "\n".join(
         [
             r"\set n :first + random(0, :users - 1)",
-            lookup_sql.replace(token_mark, token_prefix + ":n") + r" \gset",
+            lookup_sql.replace(f"'{token_mark}'", f"{token_digest.FUNCTION}('{token_prefix}:n')") + r" \gset",
             page_sql.replace(user_mark, ":" + user_column) + ";",
             "",
         ]

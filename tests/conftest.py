@@ -1,9 +1,12 @@
 """Fixtures: a fresh app per test on a real database, real users and sessions.
 
-Tests that take `app` or `client` run twice: on Postgres (a throwaway database
-made for this run and dropped after it) and on SQLite (a file per test).
+Tests that take `app` or `client` run on Postgres (a throwaway database made
+for this run and dropped after it), on SQLite (a file per test), and, when
+pgbouncer is installed, on the same Postgres database through a PgBouncer in
+transaction mode (`pgbouncer`), as a deployment on Neon's pooled URL runs.
 Postgres is found through TEST_POSTGRES_URL, by default the local server's
-`postgres` database, which is only used to create and drop the throwaway one.
+`postgres` database, which is only used to create and drop the throwaway one;
+the schema is always migrated on the direct URL.
 """
 
 import os
@@ -14,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pgbouncer import Pooler
+from pgbouncer import missing_requirement as pooler_missing
 from sqlalchemy import create_engine, delete, select, text, update
 from sqlalchemy.engine import make_url
 
@@ -24,12 +29,23 @@ from todo_api.models import auth_tables, create_schema
 
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SECRET = "test-secret-of-reasonable-length-0123456789"
+POOLER_MISSING = pooler_missing()
+BACKENDS = ["postgres", "sqlite"] if POOLER_MISSING else ["postgres", "sqlite", "pgbouncer"]
+POSTGRES_BACKENDS = [backend for backend in BACKENDS if backend != "sqlite"]
+
+
+def pytest_report_header():
+    if POOLER_MISSING:
+        return f"database tests: postgres, sqlite (not through pgbouncer: {POOLER_MISSING})"
+    return "database tests: postgres, sqlite, and postgres through pgbouncer (transaction mode)"
 
 
 def base_config(database_url, **overrides):
     return {
         "TESTING": True,
         "DATABASE_URL": database_url,
+        # Migrations run on DATABASE_URL unless a test says otherwise: a developer's own setting is never used.
+        "DATABASE_MIGRATION_URL": None,
         "BETTER_AUTH_SECRET": None,
         "CORS_ORIGINS": ["http://localhost:3000"],
         # Rate limits stay on at their defaults, counted in memory: a developer's REDIS_URL is never used.
@@ -61,12 +77,41 @@ def postgres_url():
     admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def pooler():
+    """PgBouncer in transaction mode in front of the test server, for the whole run."""
+    if POOLER_MISSING:
+        pytest.skip(POOLER_MISSING)
+    pooler = Pooler(ADMIN_URL).start()
+    yield pooler
+    pooler.stop()
+
+
+@pytest.fixture(scope="session")
+def pooled_url(postgres_url, pooler):
+    """The throwaway database of `postgres_url`, through PgBouncer."""
+    return pooler.url(postgres_url)
+
+
+@pytest.fixture
+def empty_postgres_url(postgres_url):
+    """A new, empty Postgres database of this test's own, dropped afterwards (postgres_url proves the server is up)."""
+    admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
+    name = f"todo_api_empty_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def truncate_postgres(engine):
-    with engine.begin() as connection:
+    with engine.connect() as connection, connection.execution_options(statement_timeout_ms=0).begin():
         connection.execute(text('TRUNCATE task, idempotency_key, "session", "user" RESTART IDENTITY CASCADE'))
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
+@pytest.fixture(params=BACKENDS)
 def backend(request):
     return request.param
 
@@ -85,23 +130,30 @@ def sqlite_template(tmp_path_factory):
 def database_url(backend, request, tmp_path):
     if backend == "postgres":
         return request.getfixturevalue("postgres_url")
+    if backend == "pgbouncer":
+        return request.getfixturevalue("pooled_url")
     path = tmp_path / "todo.sqlite"
     shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
     return f"sqlite:///{path}"
 
 
 @pytest.fixture
-def make_app(database_url, backend):
-    """Build apps on this test's database; every one is torn down after the test."""
+def make_app(database_url, backend, request):
+    """Build apps on this test's database; every one is torn down after the test.
+
+    Through PgBouncer the app is configured as on Neon: DATABASE_URL is the
+    pooled URL and DATABASE_MIGRATION_URL the direct one.
+    """
     apps = []
+    deployment = {"DATABASE_MIGRATION_URL": request.getfixturevalue("postgres_url")} if backend == "pgbouncer" else {}
 
     def build(**overrides):
-        app = create_app(base_config(database_url, **overrides))
+        app = create_app(base_config(database_url, **{**deployment, **overrides}))
         apps.append(app)
         return app
 
     yield build
-    if apps and backend == "postgres":
+    if apps and backend in POSTGRES_BACKENDS:
         truncate_postgres(get_engine(apps[0]))
     for app in apps:
         get_engine(app).dispose()

@@ -1,14 +1,16 @@
 """Authentication: Better Auth sessions, in every form a client may hold them."""
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import pytest
 from conftest import SECRET, base_config, delete_session, expire_session
+from sqlalchemy import text
 
 from todo_api import create_app
 from todo_api.auth import sign
+from todo_api.database import get_engine
 
 API_ROUTES = [
     ("GET", "/api/tasks"),
@@ -69,6 +71,34 @@ def test_session_created_already_expired_is_401(client, new_session):
 def test_signed_out_session_is_refused_on_the_very_next_request(app, client, token, auth):
     assert client.get("/api/tasks", headers=auth).status_code == 200
     delete_session(app, token)
+    assert_401(client.get("/api/tasks", headers=auth))
+
+
+def better_auth_sqlite_time(moment, form):
+    """`expiresAt` as Better Auth writes it on SQLite: its Kysely adapter stores `Date.toISOString()` (Better Auth
+    1.x); an integer of milliseconds since 1970 is what a `timestamp_ms` column of its Drizzle schema holds."""
+    if form == "iso":
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    if form == "milliseconds":
+        return int(moment.timestamp() * 1000)
+    return moment.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")  # SQLAlchemy's own text
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("form", ["iso", "milliseconds", "sqlalchemy"])
+def test_sqlite_expiry_is_compared_as_time_in_every_form_better_auth_stores(app, client, token, auth, form):
+    """A text comparison would keep an ISO `...T...Z` session alive until the end of its day."""
+    now = datetime.now(UTC)
+    statement = text('UPDATE "session" SET "expiresAt" = :expires WHERE token = :token')
+    with get_engine(app).begin() as connection:
+        connection.execute(
+            statement, {"expires": better_auth_sqlite_time(now + timedelta(minutes=1), form), "token": token}
+        )
+    assert client.get("/api/tasks", headers=auth).status_code == 200
+    with get_engine(app).begin() as connection:
+        connection.execute(
+            statement, {"expires": better_auth_sqlite_time(now - timedelta(minutes=1), form), "token": token}
+        )
     assert_401(client.get("/api/tasks", headers=auth))
 
 

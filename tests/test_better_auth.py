@@ -202,6 +202,15 @@ def test_better_auth_made_its_own_tables_beside_ours(todo, database_url):
             "user",
             "verification",
         ]
+        indexes = connection.execute(
+            text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'session' AND indexdef LIKE '%digest%'")
+        ).all()
+        assert indexes == [
+            (
+                "ix_session_token_digest",
+                "CREATE INDEX ix_session_token_digest ON public.session USING btree (todo_api_token_digest(token))",
+            )
+        ]
     engine.dispose()
 
 

@@ -1,4 +1,4 @@
-"""The command-line tools: `init-db` and `create-session`."""
+"""The command-line tools: `init-db`, `db ...` and `create-session`."""
 
 import os
 import re
@@ -14,7 +14,8 @@ from todo_api.database import get_engine
 from todo_api.idempotency import idempotency_key
 from todo_api.models import task, user
 
-DIALECTS = {"postgres": "postgresql", "sqlite": "sqlite"}
+UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:9/nowhere"  # the discard port: nothing listens
+DIALECTS = {"postgres": "postgresql", "pgbouncer": "postgresql", "sqlite": "sqlite"}
 
 
 @pytest.fixture
@@ -227,3 +228,41 @@ def test_erase_orphans_refuses_without_a_user_table(fresh_sqlite_app):
         1,
         "Error: Better Auth's user table is not in this database: nothing was erased.\n",
     )
+
+
+def test_schema_commands_run_on_the_migration_url(empty_postgres_url):
+    """Migrations go to DATABASE_MIGRATION_URL (Neon's direct URL); DATABASE_URL (the pooled one) is not touched."""
+    app = create_app(base_config(UNREACHABLE_URL, DATABASE_MIGRATION_URL=empty_postgres_url))
+    runner = app.test_cli_runner()
+    try:
+        with app.app_context():
+            for args, output in [
+                (["db", "current"], "none\n"),
+                (["init-db", "--auth-tables"], "Initialized the database (postgresql).\n"),
+                (["db", "downgrade", "0004"], "Database at revision 0004.\n"),
+                (["db", "upgrade"], "Database at revision 0005.\n"),
+                (["db", "current"], "0005\n"),
+            ]:
+                result = runner.invoke(args=args)
+                assert (args, result.exit_code, result.output) == (args, 0, output)
+    finally:
+        get_engine(app).dispose()
+    served = create_app(base_config(empty_postgres_url))
+    try:
+        token = create_session(served, "migrated@example.com")
+        response = served.test_client().get("/api/tasks", headers={"Authorization": f"Bearer {token}"})
+        assert (response.status_code, response.get_json()) == (200, {"data": []})
+    finally:
+        get_engine(served).dispose()
+
+
+def test_schema_commands_fail_when_the_migration_url_does_not_answer(empty_postgres_url):
+    app = create_app(base_config(empty_postgres_url, DATABASE_MIGRATION_URL=UNREACHABLE_URL))
+    try:
+        with app.app_context():
+            for args in (["db", "current"], ["db", "upgrade"], ["init-db"]):
+                result = app.test_cli_runner().invoke(args=args)
+                assert (args, result.exit_code, type(result.exception).__name__) == (args, 1, "OperationalError")
+        assert inspect(get_engine(app)).get_table_names() == []
+    finally:
+        get_engine(app).dispose()

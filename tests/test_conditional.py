@@ -298,15 +298,16 @@ TIMEOUT_PREFIX = re.compile(r"^SET LOCAL statement_timeout = \d+; ")
 
 
 class StatementLog:
-    """The SQL statements an engine runs, one per round trip, named by their verb (the statement
-    timeout each one carries is part of the same query string)."""
+    """The first word of each SQL statement an engine runs (after the statement timeout each one carries)."""
+
+    TIMEOUT_PREFIX = re.compile(r"SET LOCAL statement_timeout = \d+; ")
 
     def __init__(self, app):
         self.engine, self.statements = get_engine(app), []
         event.listen(self.engine, "before_cursor_execute", self.record)
 
     def record(self, _connection, _cursor, statement, *_args):
-        self.statements.append(TIMEOUT_PREFIX.sub("", statement).split()[0].upper())
+        self.statements.append(self.TIMEOUT_PREFIX.sub("", statement, count=1).split()[0].upper())
 
     def close(self):
         event.remove(self.engine, "before_cursor_execute", self.record)

@@ -5,6 +5,9 @@ and gunicorn is stopped in the middle of a load. In every drill: no answer is
 a 500, an outage is a 503 with Retry-After (never a 401), every create that
 was answered 200 is stored, the service recovers without a restart of its own,
 and no log line holds a session token, a part of one, or a value a client sent.
+A session lookup that fails on the server (it waits behind a migration's lock
+past its statement timeout) leaves no token in Postgres's own log either,
+directly and through PgBouncer.
 Each drill prints its figures (run pytest with -s to see them).
 """
 
@@ -12,6 +15,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,16 +26,21 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg2
 import pytest
-from conftest import base_config
+from conftest import SECRET, base_config
+from pgbouncer import Pooler
+from pgbouncer import missing_requirement as pooler_missing
 from private_postgres import PrivateCluster, free_port, missing_requirement
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import InternalServerError
 
 from todo_api import create_app
+from todo_api.auth import sign
 from todo_api.cli import create_user_session
 from todo_api.database import get_engine, normalize_url
+from todo_api.token_digest import token_digest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
@@ -302,6 +311,107 @@ def test_an_unexpected_database_error_is_a_500_whose_log_holds_no_value_sent(clu
     assert (response.status_code, response.get_json()) == (500, {"detail": InternalServerError.description})
     assert "unhandled error: InternalError" in caplog.text
     assert_no_secrets(caplog.text, [token], [title])
+
+
+# -- Drill: the session lookup fails on the server ----------------------------
+
+
+class ServerLog:
+    """What the private cluster's server log gains from now on."""
+
+    def __init__(self, path):
+        self.path = path
+        self.start = os.path.getsize(path)
+
+    def new_text(self):
+        with open(self.path, errors="replace") as log:
+            log.seek(self.start)
+            return log.read()
+
+    @staticmethod
+    def entries(text):
+        """The log's entries, each with its continuation lines (a statement spans several)."""
+        return re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", text.strip())
+
+
+def lookups_behind_a_migrations_lock(cluster, app, credentials):
+    """Hold an ACCESS EXCLUSIVE lock on the session table, as a migration altering it would, while each
+    credential makes a request (the session lookup waits for the lock until its statement timeout); then
+    release it. Returns the responses."""
+    locker = psycopg2.connect(cluster.url)
+    try:
+        with locker.cursor() as cursor:
+            cursor.execute('LOCK TABLE "session" IN ACCESS EXCLUSIVE MODE')
+        client = app.test_client()
+        return [
+            client.open(path, method=method, json=body, headers={"Authorization": f"Bearer {credential}"})
+            for credential in credentials
+            for method, path, body in [("GET", "/api/tasks", None), ("POST", "/api/tasks", {"title": "waits"})]
+        ]
+    finally:
+        locker.rollback()
+        locker.close()
+
+
+@pytest.mark.parametrize("through", ["direct", "pgbouncer"])
+def test_a_session_lookup_cancelled_on_the_server_leaves_no_token_in_its_log(
+    cluster, session_on, sql, issued_tokens, through, caplog
+):
+    """psycopg2 puts parameters into the statement text, and Postgres logs a failed statement whole
+    (`log_min_error_statement = error`, the default): the lookup's text must hold only the token's digest."""
+    caplog.set_level(logging.INFO)
+    if through == "pgbouncer":
+        reason = pooler_missing()
+        if reason:
+            pytest.skip(reason)
+    token = session_on()
+    signed = f"{token}.{sign(token, SECRET)}"
+    digest = token_digest(token).hex()
+    pooler = Pooler(cluster.url).start() if through == "pgbouncer" else None
+    server_log = ServerLog(cluster.log)
+    app = create_app(
+        base_config(
+            pooler.url(cluster.url) if pooler else cluster.url,
+            BETTER_AUTH_SECRET=SECRET,
+            DATABASE_STATEMENT_TIMEOUT_MS=200,
+        )
+    )
+    try:
+        started = time.monotonic()
+        responses = lookups_behind_a_migrations_lock(cluster, app, [token, signed])
+        waited = time.monotonic() - started
+        assert [(r.status_code, r.get_json(), r.headers.get("Retry-After")) for r in responses] == [
+            (503, {"detail": "Service temporarily unavailable"}, "5")
+        ] * 4
+        # The lock is gone: the same credentials are served again, by the same app.
+        for credential in (token, signed):
+            response = app.test_client().get("/api/tasks", headers={"Authorization": f"Bearer {credential}"})
+            assert response.status_code == 200
+        pooler_log = pooler.log_text() if pooler else ""
+    finally:
+        get_engine(app).dispose()
+        if pooler:
+            pooler.stop()
+    assert sql("SELECT count(*) FROM task WHERE title = 'waits'") == [(0,)]
+
+    logged = server_log.new_text()
+    cancelled = logged.count("ERROR:  canceling statement due to statement timeout")
+    statements = [entry for entry in server_log.entries(logged) if "STATEMENT:" in entry]
+    assert cancelled == 4, logged[-3000:]
+    assert len(statements) == 4, logged[-3000:]
+    for entry in statements:
+        assert "WHERE todo_api_token_digest(session.token) = " in entry, entry
+        assert f"'\\x{digest}'::bytea" in entry, entry
+    assert logged.count(digest) == logged.count(f"'\\x{digest}'::bytea") == 4
+    for text_seen in (logged, pooler_log, caplog.text):
+        assert signed not in text_seen
+        assert_no_secrets(text_seen, [token, signed.partition(".")[2]], [])
+    with open(cluster.log, errors="replace") as log:  # nor any token of any drill, anywhere in the server log
+        assert_no_secrets(log.read(), issued_tokens, [])
+    print(
+        f"\n[drill: session lookup cancelled, {through}] 4 requests behind an ACCESS EXCLUSIVE lock: 503 x 4 in "
+        f"{waited:.2f} s; server log: {cancelled} statement timeouts, digest only as a bytea literal, no token"
+    )
 
 
 # -- Drills under gunicorn ---------------------------------------------------

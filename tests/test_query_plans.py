@@ -1,8 +1,9 @@
-"""Every list query is an index range scan of the caller's rows (Postgres's own plans).
+"""Every list query is an index range scan of the caller's rows, and the session lookup an index
+scan by token digest (Postgres's own plans).
 
 The plans are read from a database of its own, filled once with 40,000 tasks
 of 40 users (10,000 of them the caller's, more than one page without a limit)
-and analysed, so the planner sees a realistic table. Searches are planned for
+and 20,000 sessions, and analysed, so the planner sees realistic tables. Searches are planned for
 a user with 40,000 tasks, added for them, with the word in the transaction's
 setting as the service sends it.
 """
@@ -13,7 +14,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.dialects import postgresql
 
 from todo_api import create_app, listing
-from todo_api.database import get_engine, normalize_url, transaction, upgrade
+from todo_api.database import get_engine, normalize_url, transaction
+from todo_api.models import create_schema
+from todo_api.token_digest import token_digest
 
 FILL = text("""
     INSERT INTO task (user_id, title, description, completed, priority, category, tags,
@@ -25,6 +28,13 @@ FILL = text("""
            CASE WHEN g % 5 = 0 THEN NULL ELSE now() + g * interval '1 hour' END, false
     FROM generate_series(1, 40000) AS g
 """)
+FILL_SESSIONS = text("""
+    INSERT INTO "user" (id, name, email, "emailVerified")
+    SELECT 'user-' || g, 'User ' || g, 'user-' || g || '@example.com', false FROM generate_series(0, 39) AS g;
+    INSERT INTO "session" (id, "expiresAt", token, "updatedAt", "userId")
+    SELECT 'session-' || g, now() + interval '7 days', 'token-' || g, now(), 'user-' || (g % 40)
+    FROM generate_series(1, 20000) AS g
+""")
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +44,14 @@ def explain(postgres_url):
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     app = create_app(base_config(postgres_url.rsplit("/", 1)[0] + "/" + name))
-    upgrade(get_engine(app))
+    create_schema(get_engine(app), app.config, with_auth_tables=True)
     connection = get_engine(app).connect()
     connection.execute(FILL)
+    connection.execute(FILL_SESSIONS)
     connection.execute(text("ANALYZE task"))
+    connection.execute(text('ANALYZE "session"'))
     cursors = app.extensions["todo_api.cursors"]
+    lookup_sql = str(app.extensions["todo_api.session_lookup"].compile(dialect=connection.dialect))
 
     def plan(user_id="user-7", **query):
         statement = listing.list_statement(user_id, query, "postgresql", cursors)
@@ -49,8 +62,12 @@ def explain(postgres_url):
         with transaction(connection, setting=(listing.SEARCH_SETTING, listing.LITERAL_REGEX + query["q"])):
             return "\n".join(connection.execute(text(f"EXPLAIN {sql}")).scalars())
 
+    def lookup_plan(token):
+        return "\n".join(connection.exec_driver_sql(f"EXPLAIN {lookup_sql}", {"digest": token_digest(token)}).scalars())
+
     plan.cursors = cursors
     plan.connection = connection
+    plan.lookup = lookup_plan
     yield plan
     connection.close()
     get_engine(app).dispose()
@@ -132,3 +149,10 @@ def test_a_search_is_served_by_both_trigram_indexes_with_the_word_read_at_run_ti
         assert f"(user_id)::text = '{search_user}'::text" in condition, plan
         assert f"(({column})::text ~* current_setting('todo_api.search'::text))" in condition, plan
     assert "Seq Scan" not in plan and word not in plan, plan
+
+
+def test_the_session_lookup_is_an_index_scan_by_token_digest(explain):
+    plan = explain.lookup("token-1234").splitlines()
+    assert "Index Scan using ix_session_token_digest on session" in plan[0], plan
+    assert plan[1].strip().startswith("Index Cond: (todo_api_token_digest(token) = '\\x"), plan
+    assert 'Filter: ("expiresAt" > now())' in plan[2], plan

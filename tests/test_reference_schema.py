@@ -122,7 +122,11 @@ def test_reference_rows_are_read_and_served_unchanged(fresh_database, build_app)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM task")).scalar_one() == 1
         indexes = set(connection.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'task'")).scalars())
+        session_indexes = set(
+            connection.execute(text("SELECT indexname FROM pg_indexes WHERE tablename = 'session'")).scalars()
+        )
     assert "ix_task_user_id_id" in indexes
+    assert session_indexes == {"session_pkey", "session_token_key", "session_userId_idx", "ix_session_token_digest"}
 
     client, auth = app.test_client(), bearer(LIVE_TOKEN)
     expected = {

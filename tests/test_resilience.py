@@ -1,12 +1,12 @@
 """The service rides out database restarts and outages without a restart of its own."""
 
 import pytest
-from conftest import ADMIN_URL
+from conftest import ADMIN_URL, POSTGRES_BACKENDS
 from sqlalchemy import create_engine, text
 
 from todo_api.database import normalize_url
 
-pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+pytestmark = pytest.mark.parametrize("backend", POSTGRES_BACKENDS, indirect=True)
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ Better Auth hands a client the same credential in two forms:
 
 Either may come in `Authorization: Bearer ...`; the cookie is read only when
 there is no Authorization header, and only with BETTER_AUTH_SECRET set.
-The session row is looked up on every request, so a signed-out (deleted) or
-expired session is refused on the very next request.
+The session row is looked up on every request, by the token's digest (see
+token_digest.py), so a signed-out (deleted) or expired session is refused on
+the very next request.
 Tokens are never logged, whole or in part.
 """
 
@@ -25,6 +26,7 @@ from flask import current_app, g, request
 from werkzeug.exceptions import Unauthorized, UnsupportedMediaType
 
 from .database import first_query
+from .token_digest import token_digest
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,8 @@ def authenticate():
     if not token:
         log.info("rejected request: missing or malformed credential")
         raise NotAuthenticated()
-    user_id = first_query(current_app.extensions["todo_api.session_lookup"], {"token": token}).scalar()
+    lookup = current_app.extensions["todo_api.session_lookup"]
+    user_id = first_query(lookup, {"digest": token_digest(token)}).scalar()
     if user_id is None:
         log.info("rejected request: unknown or expired session")
         raise NotAuthenticated()

@@ -1,4 +1,9 @@
-"""Command-line tools: `flask --app todo_api init-db`, `db ...`, `create-session`, `erase-orphans`, `erase-user`."""
+"""Command-line tools: `flask --app todo_api init-db`, `db ...`, `create-session`, `erase-orphans`, `erase-user`.
+
+Schema changes (`init-db`, `db upgrade|downgrade|current`) run on
+DATABASE_MIGRATION_URL when it is set: the direct connection, when
+DATABASE_URL goes through a transaction pooler.
+"""
 
 import secrets
 import string
@@ -10,7 +15,7 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import delete, exists, func, insert, inspect, select, union
 
 from . import models
-from .database import current_revision, downgrade, get_engine, upgrade
+from .database import current_revision, downgrade, get_engine, migration_engine, upgrade
 from .idempotency import idempotency_key
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
@@ -60,36 +65,39 @@ def create_user_session(connection, config, email, lifetime=timedelta(days=7)):
 )
 def init_db_command(auth_tables):
     """Migrate the schema to the newest revision (`db upgrade`); existing rows are kept."""
-    engine = get_engine()
-    if auth_tables is None:
-        auth_tables = engine.dialect.name == "sqlite"
-    models.create_schema(engine, current_app.config, with_auth_tables=auth_tables)
-    click.echo(f"Initialized the database ({engine.dialect.name}).")
+    with migration_engine() as engine:
+        if auth_tables is None:
+            auth_tables = engine.dialect.name == "sqlite"
+        models.create_schema(engine, current_app.config, with_auth_tables=auth_tables)
+        click.echo(f"Initialized the database ({engine.dialect.name}).")
 
 
-db_command = AppGroup("db", help="Schema migrations (Alembic).")
+db_command = AppGroup("db", help="Schema migrations (Alembic), on DATABASE_MIGRATION_URL when it is set.")
 
 
 @db_command.command("upgrade")
 @click.argument("revision", default="head")
 def db_upgrade_command(revision):
     """Migrate the schema up to REVISION (default: the newest)."""
-    upgrade(get_engine(), revision)
-    click.echo(f"Database at revision {current_revision(get_engine())}.")
+    with migration_engine() as engine:
+        upgrade(engine, revision, app_config=current_app.config)
+        click.echo(f"Database at revision {current_revision(engine)}.")
 
 
 @db_command.command("downgrade")
 @click.argument("revision")
 def db_downgrade_command(revision):
     """Migrate the schema down to REVISION."""
-    downgrade(get_engine(), revision)
-    click.echo(f"Database at revision {current_revision(get_engine())}.")
+    with migration_engine() as engine:
+        downgrade(engine, revision, app_config=current_app.config)
+        click.echo(f"Database at revision {current_revision(engine)}.")
 
 
 @db_command.command("current")
 def db_current_command():
     """Print the schema's current revision."""
-    click.echo(current_revision(get_engine()) or "none")
+    with migration_engine() as engine:
+        click.echo(current_revision(engine) or "none")
 
 
 @click.command("create-session")

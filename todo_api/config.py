@@ -58,6 +58,7 @@ def from_environment():
     """The app's configuration as a dict of Flask config keys."""
     return {
         "DATABASE_URL": env_str("DATABASE_URL"),
+        "DATABASE_MIGRATION_URL": env_str("DATABASE_MIGRATION_URL"),
         "DATABASE_POOL_SIZE": env_int("DATABASE_POOL_SIZE", 5, minimum=1),
         "DATABASE_MAX_OVERFLOW": env_int("DATABASE_MAX_OVERFLOW", 5),
         "DATABASE_POOL_TIMEOUT": env_int("DATABASE_POOL_TIMEOUT", 5, minimum=1),

@@ -17,11 +17,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from flask import current_app, g
-from sqlalchemy import DateTime, create_engine, event, text
+from sqlalchemy import Boolean, DateTime, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
+
+from . import token_digest
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 
@@ -45,8 +47,9 @@ def default_sqlite_url(instance_path):
     return "sqlite:///" + os.path.join(instance_path, "todo.sqlite")
 
 
-def build_engine(config, instance_path):
-    url = normalize_url(config.get("DATABASE_URL") or default_sqlite_url(instance_path))
+def build_engine(config, instance_path, url=None):
+    """The engine for DATABASE_URL, or for `url` with the same settings."""
+    url = normalize_url(url or config.get("DATABASE_URL") or default_sqlite_url(instance_path))
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
     if url.get_backend_name() == "postgresql":
@@ -62,7 +65,9 @@ def _postgres_engine(url, config):
     free, so no session state of ours may be relied on except the parameters it
     tracks per client, the time zone among them. The statement timeout is
     therefore sent with every statement (`SET LOCAL`, which ends with the
-    statement's own transaction) rather than set once per connection.
+    statement's own transaction) rather than set once per connection. Nothing
+    else is kept in the session either: no prepared statements (psycopg2 sends
+    every statement as text), no temporary tables, no advisory locks.
     """
     engine = create_engine(
         url,
@@ -108,12 +113,13 @@ def statement_timeout_prefixer(default_ms):
     progress), so the setting lasts exactly as long as the statement's
     transaction and never reaches another client of a pooled server connection.
     A statement may ask for its own bound with the execution option
-    `statement_timeout_ms`; 0 means none.
+    `statement_timeout_ms`; 0 means none. Even 0 is sent: a pooled server
+    connection may carry a timeout that another client set for its session.
     """
 
     def prefix(_conn, _cursor, statement, parameters, context, _executemany):
         timeout_ms = context.execution_options.get("statement_timeout_ms", default_ms) if context else default_ms
-        if not timeout_ms or statement.startswith(TRANSACTION_CONTROL):
+        if statement.startswith(TRANSACTION_CONTROL):
             return statement, parameters
         return f"SET LOCAL statement_timeout = {int(timeout_ms)}; {statement}", parameters
 
@@ -139,6 +145,7 @@ def _sqlite_engine(url):
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.close()
         dbapi_connection.create_function("advance_timestamp", 2, advance_timestamp_text, deterministic=True)
+        dbapi_connection.create_function(token_digest.FUNCTION, 1, token_digest.sqlite_token_digest, deterministic=True)
 
     return engine
 
@@ -165,6 +172,36 @@ def _advanced_postgresql(element, compiler, **kw):
 @compiles(advanced, "sqlite")
 def _advanced_sqlite(element, compiler, **kw):
     return f"advance_timestamp({compiler.process(element.clauses, **kw)})"
+
+
+class unexpired(FunctionElement):
+    """`unexpired(column)`: the time in the column is still to come, by the database's clock.
+
+    On Postgres a plain `column > now()` (connections run in UTC, so a naive
+    `timestamp` compares right too). On SQLite the column is whatever Better
+    Auth or SQLAlchemy wrote: ISO text with a `T` and a `Z`
+    (`2026-11-25T21:01:10.073Z`, Better Auth's Kysely adapter), SQLAlchemy's
+    `2026-11-25 21:01:10.073000`, or a number of milliseconds since 1970;
+    each is turned into a Julian day before comparing, so a session expires at
+    its moment, not at the end of its day as a comparison of text would have it.
+    """
+
+    type = Boolean()
+    inherit_cache = True
+
+
+@compiles(unexpired)
+def _unexpired_postgresql(element, compiler, **kw):
+    return f"{compiler.process(element.clauses, **kw)} > now()"
+
+
+@compiles(unexpired, "sqlite")
+def _unexpired_sqlite(element, compiler, **kw):
+    column = compiler.process(element.clauses, **kw)
+    return (
+        f"(CASE WHEN typeof({column}) IN ('integer', 'real') THEN {column} / 86400000.0 + 2440587.5"
+        f" ELSE julianday({column}) END) > julianday('now')"
+    )
 
 
 def advance_timestamp_text(stored, now):
@@ -278,6 +315,23 @@ def init_app(app):
     app.teardown_appcontext(close_db)
 
 
+@contextmanager
+def migration_engine(app=None):
+    """The engine that schema changes run on: one on DATABASE_MIGRATION_URL when
+    that is set (the direct URL, when DATABASE_URL goes through a transaction
+    pooler), else the app's own engine."""
+    app = app or current_app
+    url = app.config.get("DATABASE_MIGRATION_URL")
+    if not url:
+        yield get_engine(app)
+        return
+    engine = build_engine(app.config, app.instance_path, url=url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def _migration_connection(engine):
     """A connection with real transactions, so a failed migration leaves nothing half-done."""
     connection = engine.connect()
@@ -286,23 +340,32 @@ def _migration_connection(engine):
     )
 
 
-def _alembic_config(connection):
+def _alembic_config(connection, app_config):
+    """Alembic's configuration; migrations read the app's settings (the session table's names) from it."""
     config = Config()
     config.set_main_option("script_location", MIGRATIONS)
     config.attributes["connection"] = connection
+    config.attributes["app_config"] = app_config
     return config
 
 
-def upgrade(engine, revision="head"):
-    """Bring the schema to `revision` with Alembic (a database the reference made is adopted)."""
+def upgrade(engine, revision="head", app_config=None):
+    """Bring the schema to `revision` with Alembic (a database the reference made is adopted).
+
+    `app_config` names Better Auth's session table and columns (by default,
+    as the environment does). Then the session token index is made if it is
+    missing, for a session table that Better Auth created after the migration
+    that makes it had run.
+    """
     with _migration_connection(engine) as connection:
-        command.upgrade(_alembic_config(connection), revision)
+        command.upgrade(_alembic_config(connection, app_config), revision)
+        token_digest.create_index(connection, token_digest.session_names(app_config))
         connection.commit()
 
 
-def downgrade(engine, revision):
+def downgrade(engine, revision, app_config=None):
     with _migration_connection(engine) as connection:
-        command.downgrade(_alembic_config(connection), revision)
+        command.downgrade(_alembic_config(connection, app_config), revision)
         connection.commit()
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Enum,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -36,7 +37,8 @@ from sqlalchemy import (
 )
 from werkzeug.exceptions import NotFound, PreconditionFailed
 
-from .database import advanced, transaction, upgrade
+from . import token_digest
+from .database import advanced, transaction, unexpired, upgrade
 
 PRIORITIES = ("low", "medium", "high")
 # SERIAL is a 4-byte integer; larger ids cannot exist, so they are not looked up.
@@ -130,16 +132,18 @@ def auth_tables(config):
 
 
 def session_lookup(config):
-    """The one indexed query that turns a live session token into a user id.
+    """The one indexed query that turns a live session into a user id; its parameter is the token's digest.
 
-    Expiry is checked by the database, against its own clock; connections run
-    with timezone UTC, so an old Better Auth's naive `timestamp` column
-    compares correctly too.
+    The token itself never appears in the SQL (see token_digest.py), so no
+    database log can hold it. Expiry is checked by the database, against its
+    own clock; connections run with timezone UTC, so an old Better Auth's naive
+    `timestamp` column compares correctly too.
     """
     sessions = session_table(config, MetaData())
+    token = sessions.c[config["SESSION_TOKEN_COLUMN"]]
     return select(sessions.c[config["SESSION_USER_ID_COLUMN"]]).where(
-        sessions.c[config["SESSION_TOKEN_COLUMN"]] == bindparam("token"),
-        sessions.c[config["SESSION_EXPIRES_AT_COLUMN"]] > func.now(),
+        getattr(func, token_digest.FUNCTION)(token) == bindparam("digest", type_=LargeBinary),
+        unexpired(sessions.c[config["SESSION_EXPIRES_AT_COLUMN"]]),
     )
 
 
@@ -381,8 +385,12 @@ def next_occurrence(row):
 
 def create_schema(engine, config, with_auth_tables):
     """Migrate the task table to the newest revision; and, for development and
-    tests, create Better Auth-compatible user and session tables. Rows are kept."""
-    upgrade(engine)
+    tests, create Better Auth-compatible user and session tables. Rows are kept.
+
+    The auth tables come first, so the migrations find the session table and
+    index its token digest, as they do on a database Better Auth made.
+    """
     if with_auth_tables:
         with engine.begin() as connection:
             auth_tables(config).create_all(connection)
+    upgrade(engine, app_config=config)

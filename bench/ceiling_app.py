@@ -16,6 +16,7 @@ between the two is the service's code alone.
 sends for the same request, and that the bodies match.
 """
 
+import hashlib
 import os
 import threading
 from datetime import UTC, datetime
@@ -31,12 +32,12 @@ from flask import Flask, Response, request
 # and its parameters. When the service's lookup changes, change these two.
 SESSION_LOOKUP = (
     'SET LOCAL statement_timeout = 5000; SELECT session."userId" \nFROM session \n'
-    'WHERE session.token = %(token)s AND session."expiresAt" > now()'
+    'WHERE todo_api_token_digest(session.token) = %(digest)s AND session."expiresAt" > now()'
 )
 
 
 def session_lookup_parameters(token):
-    return {"token": token}
+    return {"digest": hashlib.sha256(token.encode()).digest()}
 
 
 # -- The work: todo_api/models.py and listing.py, as they compile for psycopg2 --

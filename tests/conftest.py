@@ -58,9 +58,12 @@ def postgres_url():
     admin.dispose()
 
 
+TRUNCATED = ("task", "idempotency_key", "user_settings", "push_subscription", "push_delivery", '"session"', '"user"')
+
+
 def truncate_postgres(engine):
     with engine.begin() as connection:
-        connection.execute(text('TRUNCATE task, idempotency_key, "session", "user" RESTART IDENTITY CASCADE'))
+        connection.execute(text(f"TRUNCATE {', '.join(TRUNCATED)} RESTART IDENTITY CASCADE"))
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

@@ -52,8 +52,10 @@ def register_extensions(app):
 
 
 def register_blueprints(app):
-    from . import health, openapi, tasks
+    from . import health, openapi, settings, subscriptions, tasks
 
     app.register_blueprint(health.bp)
     app.register_blueprint(tasks.bp)
+    app.register_blueprint(settings.bp)
+    app.register_blueprint(subscriptions.bp)
     app.register_blueprint(openapi.bp)

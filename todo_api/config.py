@@ -76,4 +76,14 @@ def from_environment():
         "REDIS_URL": env_str("REDIS_URL"),
         "TRUSTED_PROXY_HOPS": env_int("TRUSTED_PROXY_HOPS", 0),
         "MAX_CONTENT_LENGTH": 1024 * 1024,
+        # Web Push reminders (the worker: `flask --app todo_api reminders run`).
+        "VAPID_PRIVATE_KEY": env_str("VAPID_PRIVATE_KEY"),
+        "VAPID_PUBLIC_KEY": env_str("VAPID_PUBLIC_KEY"),
+        "VAPID_SUBJECT": env_str("VAPID_SUBJECT"),
+        "REMINDER_POLL_SECONDS": env_int("REMINDER_POLL_SECONDS", 30, minimum=1),
+        "REMINDER_LEAD_MINUTES": env_int("REMINDER_LEAD_MINUTES", 60),
+        "REMINDER_BATCH_SIZE": env_int("REMINDER_BATCH_SIZE", 100, minimum=1),
+        "REMINDER_PUSH_THREADS": env_int("REMINDER_PUSH_THREADS", 8, minimum=1),
+        "PUSH_TIMEOUT_SECONDS": env_int("PUSH_TIMEOUT_SECONDS", 10, minimum=1),
+        "PUSH_ALLOW_INSECURE_ENDPOINTS": env_bool("PUSH_ALLOW_INSECURE_ENDPOINTS", False),
     }

@@ -198,7 +198,7 @@ _CLAIMED = (
     .join(task, task.c.id == push_delivery.c.task_id)
     .join(push_subscription, push_subscription.c.id == push_delivery.c.subscription_id)
     .outerjoin(user_settings, user_settings.c.user_id == task.c.user_id)
-    .where(push_delivery.c.claim_token == bindparam("token"))
+    .where(push_delivery.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(push_delivery.c.id)
 )
 _MINE = push_delivery.c.claim_token == bindparam("token")
@@ -222,7 +222,7 @@ def _new_deliveries(dialect):
     return insert.on_conflict_do_update(
         index_elements=[push_delivery.c.task_id, push_delivery.c.subscription_id],
         set_={name: insert.excluded[name] for name in ("remind_at", "attempts", "next_attempt_at", "claim_token")},
-    )
+    ).returning(push_delivery.c.id)
 
 
 # -- A pass ------------------------------------------------------------------------------
@@ -299,17 +299,19 @@ class Worker:
             if stale:
                 db.execute(_DROP, {"ids": stale})
             lease_until = now + LEASE
+            claimed = list(retries)
             if retries:
                 db.execute(_CLAIM, {"ids": retries, "token": token, "lease_until": lease_until})
             if len(retries) < batch:
-                self.claim_new(db, token, now, lease_until, batch - len(retries))
-            deliveries = db.execute(_CLAIMED, {"token": token}).all()
+                claimed += self.claim_new(db, token, now, lease_until, batch - len(retries))
+            deliveries = db.execute(_CLAIMED, {"ids": claimed}).all() if claimed else []
         return len(stale), deliveries
 
     def claim_new(self, db, token, now, lease_until, limit):
+        """Deliveries for up to `limit` tasks whose reminder has come due, claimed; returns their ids."""
         tasks = db.execute(_TASKS_DUE, {"now": now, "due_by": now + self.settings.lead, "batch": limit}).all()
         if not tasks:
-            return
+            return []
         subscriptions = {}
         for row in db.execute(_SUBSCRIPTIONS_OF, {"users": sorted({row.user_id for row in tasks})}):
             subscriptions.setdefault(row.user_id, []).append(row.id)
@@ -325,9 +327,10 @@ class Worker:
             for row in tasks
             for subscription_id in subscriptions.get(row.user_id, ())
         ]
-        if rows:
-            db.execute(_new_deliveries(db.dialect.name), rows)
         db.execute(_MARK_SENT, {"ids": [row.id for row in tasks], "now": now})
+        if not rows:
+            return []
+        return db.execute(_new_deliveries(db.dialect.name), rows).scalars().all()
 
     def push(self, delivery, now, deadline):
         if time.monotonic() > deadline:

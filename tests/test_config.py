@@ -56,3 +56,18 @@ def test_a_dotenv_file_in_the_working_directory_is_read(monkeypatch, tmp_path):
         assert app.config["CORS_ORIGINS"] == ["https://from-dotenv.example"]
     finally:
         os.environ.pop("CORS_ORIGINS", None)  # load_dotenv set it; monkeypatch only restores what it changed
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("REMINDER_LEAD_MINUTES", "43201", "REMINDER_LEAD_MINUTES must be at most 43200, got 43201"),
+        ("REMINDER_POLL_SECONDS", "0", "REMINDER_POLL_SECONDS must be at least 1, got 0"),
+        ("PUSH_ALLOW_INSECURE_ENDPOINTS", "maybe", "PUSH_ALLOW_INSECURE_ENDPOINTS must be true or false, got 'maybe'"),
+    ],
+)
+def test_reminder_settings_out_of_range_name_the_variable(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(RuntimeError) as raised:
+        from_environment()
+    assert str(raised.value) == message

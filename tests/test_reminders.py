@@ -19,7 +19,9 @@ import pytest
 from conftest import base_config, user_id_of
 from private_postgres import PrivateCluster, free_port, missing_requirement
 from push_service import PushService, b64url_decode
-from sqlalchemy import create_engine, func, insert, select
+from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy.dialects import postgresql
+from test_query_plans import FILL
 
 from todo_api import create_app
 from todo_api.cli import create_user_session
@@ -27,6 +29,7 @@ from todo_api.database import get_engine, normalize_url
 from todo_api.delivery import Outcome, classify, generate_vapid_keys, retry_after_seconds, signer_from_config
 from todo_api.models import create_schema, push_delivery, push_subscription, task, utcnow
 from todo_api.reminders import (
+    _TASKS_DUE,
     LEASE,
     MAX_ATTEMPTS,
     Settings,
@@ -425,6 +428,24 @@ def test_a_claim_whose_worker_died_is_pushed_once_its_lease_ends(client, auth, a
     assert send_due(app, at(seconds=LEASE.total_seconds() - 1)) == Counter()
     assert send_due(app, at(seconds=LEASE.total_seconds())) == Counter(delivered=1)
     assert len(push_service.payloads()) == 1
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_finding_due_reminders_reads_only_the_unsent_tasks_through_their_indexes(app):
+    """40,000 tasks, half of them reminded already: the claim's scan is the two partial indexes, not the table."""
+    with get_engine(app).connect() as connection:
+        connection.execute(FILL)
+        connection.execute(text("UPDATE task SET reminder_sent = true WHERE id % 2 = 0"))
+        connection.execute(text("ANALYZE task"))
+        cursor = connection.connection.dbapi_connection.cursor()
+        cursor.execute(
+            "EXPLAIN " + str(_TASKS_DUE.compile(dialect=postgresql.dialect())),
+            {"now": utcnow(), "due_by": utcnow() + timedelta(hours=1), "batch": 100},
+        )
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Bitmap Index Scan on ix_task_reminder_at" in plan, plan
+    assert "Bitmap Index Scan on ix_task_reminder_due_date" in plan, plan
+    assert "Seq Scan on task" not in plan, plan
 
 
 # -- Several workers ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ DEFAULT_CORS_ORIGINS = "http://localhost:3000"
 # client would need to crowd others out of a ~2,000 req/s service.
 DEFAULT_RATELIMIT_PER_USER = "1800 per minute"
 DEFAULT_RATELIMIT_PER_IP = "6000 per minute"
+MAX_REMINDER_LEAD_MINUTES = 30 * 24 * 60
 
 
 def env_str(name, default=None):
@@ -19,7 +20,7 @@ def env_str(name, default=None):
     return value.strip()
 
 
-def env_int(name, default, minimum=0):
+def env_int(name, default, minimum=0, maximum=None):
     raw = env_str(name)
     if raw is None:
         return default
@@ -29,6 +30,8 @@ def env_int(name, default, minimum=0):
         raise RuntimeError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise RuntimeError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise RuntimeError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
@@ -81,7 +84,7 @@ def from_environment():
         "VAPID_PUBLIC_KEY": env_str("VAPID_PUBLIC_KEY"),
         "VAPID_SUBJECT": env_str("VAPID_SUBJECT"),
         "REMINDER_POLL_SECONDS": env_int("REMINDER_POLL_SECONDS", 30, minimum=1),
-        "REMINDER_LEAD_MINUTES": env_int("REMINDER_LEAD_MINUTES", 60),
+        "REMINDER_LEAD_MINUTES": env_int("REMINDER_LEAD_MINUTES", 60, maximum=MAX_REMINDER_LEAD_MINUTES),
         "REMINDER_BATCH_SIZE": env_int("REMINDER_BATCH_SIZE", 100, minimum=1),
         "REMINDER_PUSH_THREADS": env_int("REMINDER_PUSH_THREADS", 8, minimum=1),
         "PUSH_TIMEOUT_SECONDS": env_int("PUSH_TIMEOUT_SECONDS", 10, minimum=1),

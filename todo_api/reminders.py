@@ -64,7 +64,7 @@ LEASE = timedelta(minutes=5)
 # Retries without Retry-After: 30 s, 1, 2, 4 ... minutes, at most an hour apart.
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_MAX_SECONDS = 60 * 60
-# After this many failed pushes (about 7 hours of backoff) a reminder is given up.
+# After this many failed pushes (about 5 hours of backoff) a reminder is given up.
 MAX_ATTEMPTS = 12
 # Recording outcomes is retried across a database restart: the pushes were made.
 RECORD_ATTEMPTS = (0, 1, 2, 4, 8)
@@ -341,52 +341,73 @@ class Worker:
 
     def record(self, token, deliveries, outcomes, now):
         """Write the outcomes down; retried across a database restart, since the pushes were made."""
-        finished, gone, reschedule, counts, problems = [], set(), [], Counter(), Counter()
-        for delivery, outcome in zip(deliveries, outcomes, strict=True):
-            if outcome is None:
-                counts["deferred"] += 1
-                reschedule.append({"delivery_id": delivery.id, "attempts": delivery.attempts, "at": now})
-                continue
-            counts[outcome.kind] += 1
-            if outcome.kind != "delivered":
-                problems[outcome.status] += 1
-            if outcome.kind == "delivered":
-                finished.append(delivery.id)
-            elif outcome.kind == "gone":
-                gone.add(delivery.subscription_id)
-            elif outcome.kind == "retry" and delivery.attempts + 1 < MAX_ATTEMPTS:
-                delay = backoff_seconds(delivery.attempts + 1, outcome.retry_after)
-                at = now + timedelta(seconds=delay)
-                reschedule.append({"delivery_id": delivery.id, "attempts": delivery.attempts + 1, "at": at})
-            else:
-                if outcome.kind == "retry":
-                    counts["retry"] -= 1
-                    counts["given_up"] += 1
-                log.warning("reminder of task %d not pushed to a subscription: %s", delivery.task_id, outcome.status)
-                finished.append(delivery.id)  # nothing more to do with it: deleted like a delivered one
+        plan = OutcomePlan(deliveries, outcomes, now)
         for wait in RECORD_ATTEMPTS:
             time.sleep(wait)
             try:
                 with self.engine.connect() as db, transaction(db):
-                    if finished:
-                        db.execute(_FINISHED, {"ids": finished, "token": token})
-                    if gone:
-                        db.execute(_GONE, {"ids": sorted(gone)})
-                    if reschedule:
-                        db.execute(_RESCHEDULE, [{**row, "token": token} for row in reschedule])
+                    plan.write(db, token)
                 break
             except DBAPIError as error:
                 log.error("recording reminder outcomes failed: %s", type(error.orig or error).__name__)
                 if wait == RECORD_ATTEMPTS[-1]:
                     raise
-        if problems:
-            failed = [d.task_id for d, o in zip(deliveries, outcomes, strict=True) if o and o.kind != "delivered"]
+        plan.log()
+        return plan.counts
+
+
+class OutcomePlan:
+    """What a batch's outcomes do to the database: deliveries finished (pushed, or never to be), subscriptions
+    gone, deliveries to try again later (`deferred` ones, never started, at once)."""
+
+    def __init__(self, deliveries, outcomes, now):
+        self.finished, self.gone, self.reschedule, self.failed = [], set(), [], []
+        self.counts, self.problems = Counter(), Counter()
+        for delivery, outcome in zip(deliveries, outcomes, strict=True):
+            self.add(delivery, outcome, now)
+        self.counts = +self.counts
+
+    def add(self, delivery, outcome, now):
+        if outcome is None:
+            self.counts["deferred"] += 1
+            self.retry_at(delivery, delivery.attempts, now)
+            return
+        if outcome.kind == "delivered":
+            self.counts["delivered"] += 1
+            self.finished.append(delivery.id)
+            return
+        self.problems[outcome.status] += 1
+        self.failed.append(delivery.task_id)
+        if outcome.kind == "gone":
+            self.counts["gone"] += 1
+            self.gone.add(delivery.subscription_id)
+        elif outcome.kind == "retry" and delivery.attempts + 1 < MAX_ATTEMPTS:
+            self.counts["retry"] += 1
+            delay = backoff_seconds(delivery.attempts + 1, outcome.retry_after)
+            self.retry_at(delivery, delivery.attempts + 1, now + timedelta(seconds=delay))
+        else:
+            self.counts["given_up" if outcome.kind == "retry" else "rejected"] += 1
+            log.warning("reminder of task %d not pushed to a subscription: %s", delivery.task_id, outcome.status)
+            self.finished.append(delivery.id)
+
+    def retry_at(self, delivery, attempts, moment):
+        self.reschedule.append({"delivery_id": delivery.id, "attempts": attempts, "at": moment})
+
+    def write(self, db, token):
+        if self.finished:
+            db.execute(_FINISHED, {"ids": self.finished, "token": token})
+        if self.gone:
+            db.execute(_GONE, {"ids": sorted(self.gone)})
+        if self.reschedule:
+            db.execute(_RESCHEDULE, [{**row, "token": token} for row in self.reschedule])
+
+    def log(self):
+        if self.problems:
             log.info(
                 "push outcomes other than delivered: %s; tasks %s",
-                ", ".join(f"{status} x{count}" for status, count in sorted(problems.items())),
-                ", ".join(str(task_id) for task_id in failed[:20]) + (" ..." if len(failed) > 20 else ""),
+                ", ".join(f"{status} x{count}" for status, count in sorted(self.problems.items())),
+                ", ".join(str(task_id) for task_id in self.failed[:20]) + (" ..." if len(self.failed) > 20 else ""),
             )
-        return +counts
 
 
 def describe(counts):

@@ -252,3 +252,21 @@ def test_a_malformed_body_is_400_and_removes_nothing(client, auth, app):
     )
     assert response.status_code == 400
     assert len(stored(app)) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [("/api/notifications/subscribe", "POST"), ("/api/notifications/unsubscribe", "DELETE"), ("/api/settings", "PUT")],
+)
+def test_the_frontends_preflight_is_allowed_without_a_session(client, path, method):
+    response = client.options(
+        path,
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    assert method in {item.strip() for item in response.headers["Access-Control-Allow-Methods"].split(",")}

@@ -106,9 +106,12 @@ def empty_postgres_url(postgres_url):
     admin.dispose()
 
 
+TRUNCATED = ("task", "idempotency_key", "user_settings", "push_subscription", "push_delivery", '"session"', '"user"')
+
+
 def truncate_postgres(engine):
     with engine.connect() as connection, connection.execution_options(statement_timeout_ms=0).begin():
-        connection.execute(text('TRUNCATE task, idempotency_key, "session", "user" RESTART IDENTITY CASCADE'))
+        connection.execute(text(f"TRUNCATE {', '.join(TRUNCATED)} RESTART IDENTITY CASCADE"))
 
 
 @pytest.fixture(params=BACKENDS)

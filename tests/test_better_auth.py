@@ -197,9 +197,12 @@ def test_better_auth_made_its_own_tables_beside_ours(todo, database_url):
             "account",
             "alembic_version",
             "idempotency_key",
+            "push_delivery",
+            "push_subscription",
             "session",
             "task",
             "user",
+            "user_settings",
             "verification",
         ]
         indexes = connection.execute(

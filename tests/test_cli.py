@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, inspect, select
 from todo_api import create_app
 from todo_api.database import get_engine
 from todo_api.idempotency import idempotency_key
-from todo_api.models import task, user
+from todo_api.models import task, user, user_settings
 
 UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:9/nowhere"  # the discard port: nothing listens
 DIALECTS = {"postgres": "postgresql", "pgbouncer": "postgresql", "sqlite": "sqlite"}
@@ -50,6 +50,9 @@ def test_init_db_without_auth_tables_creates_only_the_service_tables(fresh_sqlit
         "alembic_version",
         "task",
         "idempotency_key",
+        "user_settings",
+        "push_subscription",
+        "push_delivery",
     }
 
 
@@ -60,6 +63,9 @@ def test_init_db_on_sqlite_creates_the_auth_tables_by_default(fresh_sqlite_app):
         "alembic_version",
         "task",
         "idempotency_key",
+        "user_settings",
+        "push_subscription",
+        "push_delivery",
         "user",
         "session",
     }
@@ -146,14 +152,21 @@ def two_users(app, client, new_session):
             )
             assert response.status_code == 200
         ids[email.split("@")[0]] = response.get_json()["data"]["user_id"]
+        assert client.put("/api/settings", json={"time_zone": "Europe/Berlin"}, headers=headers).status_code == 200
     return ids
+
+
+# What erasing one user of `two_users` touches, and nothing.
+ALL_ROWS = "task 2, idempotency_key 1, user_settings 1, push_subscription 0"
+KEY_ROWS = "task 0, idempotency_key 1, user_settings 1, push_subscription 0"
+NO_ROWS = "task 0, idempotency_key 0, user_settings 0, push_subscription 0"
 
 
 def rows_of(app, user_id):
     with get_engine(app).connect() as connection:
         return tuple(
             connection.execute(select(func.count()).select_from(table).where(table.c.user_id == user_id)).scalar()
-            for table in (task, idempotency_key)
+            for table in (task, idempotency_key, user_settings)
         )
 
 
@@ -174,17 +187,17 @@ def test_erase_orphans_erases_the_rows_of_users_deleted_from_better_auth(app, tw
     delete_user(app, two_users["alice"])
     assert run(app, "erase-orphans", "--dry-run") == (
         0,
-        "Users missing from Better Auth's user table: 1. Would erase: task 2, idempotency_key 1.\n",
+        f"Users missing from Better Auth's user table: 1. Would erase: {ALL_ROWS}.\n",
     )
-    assert (rows_of(app, two_users["alice"]), rows_of(app, two_users["bob"])) == ((2, 1), (2, 1))
+    assert (rows_of(app, two_users["alice"]), rows_of(app, two_users["bob"])) == ((2, 1, 1), (2, 1, 1))
     assert run(app, "erase-orphans") == (
         0,
-        "Users missing from Better Auth's user table: 1. Erased: task 2, idempotency_key 1.\n",
+        f"Users missing from Better Auth's user table: 1. Erased: {ALL_ROWS}.\n",
     )
-    assert (rows_of(app, two_users["alice"]), rows_of(app, two_users["bob"])) == ((0, 0), (2, 1))
+    assert (rows_of(app, two_users["alice"]), rows_of(app, two_users["bob"])) == ((0, 0, 0), (2, 1, 1))
     assert run(app, "erase-orphans") == (
         0,
-        "Users missing from Better Auth's user table: 0. Erased: task 0, idempotency_key 0.\n",
+        f"Users missing from Better Auth's user table: 0. Erased: {NO_ROWS}.\n",
     )
 
 
@@ -195,9 +208,9 @@ def test_erase_orphans_counts_a_user_with_only_an_idempotency_key(app, two_users
     delete_user(app, two_users["alice"])
     assert run(app, "erase-orphans") == (
         0,
-        "Users missing from Better Auth's user table: 1. Erased: task 0, idempotency_key 1.\n",
+        f"Users missing from Better Auth's user table: 1. Erased: {KEY_ROWS}.\n",
     )
-    assert (rows_of(app, two_users["alice"]), rows_of(app, two_users["bob"])) == ((0, 0), (2, 1))
+    assert (rows_of(app, two_users["alice"]), rows_of(app, two_users["bob"])) == ((0, 0, 0), (2, 1, 1))
 
 
 def test_erase_orphans_refuses_when_the_user_table_is_empty(app, two_users):
@@ -210,16 +223,25 @@ def test_erase_orphans_refuses_when_the_user_table_is_empty(app, two_users):
             "Error: Better Auth's user table is empty: erasing would delete every user's rows, so nothing was "
             "erased.\n",
         )
-    assert [rows_of(app, user_id) for user_id in two_users.values()] == [(2, 1), (2, 1)]
+    assert [rows_of(app, user_id) for user_id in two_users.values()] == [(2, 1, 1), (2, 1, 1)]
 
 
 def test_erase_user_erases_one_users_rows(app, two_users):
     bob = two_users["bob"]
-    assert run(app, "erase-user", bob, "--dry-run") == (0, f"User {bob}. Would erase: task 2, idempotency_key 1.\n")
-    assert rows_of(app, bob) == (2, 1)
-    assert run(app, "erase-user", bob) == (0, f"User {bob}. Erased: task 2, idempotency_key 1.\n")
-    assert (rows_of(app, two_users["alice"]), rows_of(app, bob)) == ((2, 1), (0, 0))
-    assert run(app, "erase-user", "no-such-user") == (0, "User no-such-user. Erased: task 0, idempotency_key 0.\n")
+    assert run(app, "erase-user", bob, "--dry-run") == (
+        0,
+        f"User {bob}. Would erase: {ALL_ROWS}.\n",
+    )
+    assert rows_of(app, bob) == (2, 1, 1)
+    assert run(app, "erase-user", bob) == (
+        0,
+        f"User {bob}. Erased: {ALL_ROWS}.\n",
+    )
+    assert (rows_of(app, two_users["alice"]), rows_of(app, bob)) == ((2, 1, 1), (0, 0, 0))
+    assert run(app, "erase-user", "no-such-user") == (
+        0,
+        f"User no-such-user. Erased: {NO_ROWS}.\n",
+    )
 
 
 def test_erase_orphans_refuses_without_a_user_table(fresh_sqlite_app):
@@ -240,8 +262,8 @@ def test_schema_commands_run_on_the_migration_url(empty_postgres_url):
                 (["db", "current"], "none\n"),
                 (["init-db", "--auth-tables"], "Initialized the database (postgresql).\n"),
                 (["db", "downgrade", "0004"], "Database at revision 0004.\n"),
-                (["db", "upgrade"], "Database at revision 0005.\n"),
-                (["db", "current"], "0005\n"),
+                (["db", "upgrade"], "Database at revision 0006.\n"),
+                (["db", "current"], "0006\n"),
             ]:
                 result = runner.invoke(args=args)
                 assert (args, result.exit_code, result.output) == (args, 0, output)

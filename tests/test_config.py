@@ -147,3 +147,18 @@ def test_production_signs_cursors_with_the_secret_it_is_given(no_secret, make_ap
     )
     response = client.get(f"/api/tasks?cursor={public}", headers=auth)
     assert (response.status_code, response.get_json()["errors"]) == (422, {"cursor": ["Not a valid cursor."]})
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("REMINDER_LEAD_MINUTES", "43201", "REMINDER_LEAD_MINUTES must be at most 43200, got 43201"),
+        ("REMINDER_POLL_SECONDS", "0", "REMINDER_POLL_SECONDS must be at least 1, got 0"),
+        ("PUSH_ALLOW_INSECURE_ENDPOINTS", "maybe", "PUSH_ALLOW_INSECURE_ENDPOINTS must be true or false, got 'maybe'"),
+    ],
+)
+def test_reminder_settings_out_of_range_name_the_variable(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(RuntimeError) as raised:
+        from_environment()
+    assert str(raised.value) == message

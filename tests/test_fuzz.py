@@ -5,8 +5,8 @@ Schemathesis generates requests from the document, valid and invalid ones
 real session token, and checks each response: never a 5xx, a status code the
 document lists, the content type it names, and a body its schema accepts.
 
-The fuzzing user is its own user with its own session; its tasks are deleted
-afterwards, so other tests never see them. Runs are derandomized so CI sees
+The fuzzing user is its own user with its own session; its tasks, settings and
+push subscriptions are deleted afterwards, so other tests never see them. Runs are derandomized so CI sees
 the same cases every time; set FUZZ_SEED (any value) and FUZZ_EXAMPLES (per operation, default 80) to explore more.
 """
 
@@ -29,7 +29,7 @@ from sqlalchemy import delete, select
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.database import get_engine
-from todo_api.models import task, user
+from todo_api.models import push_subscription, task, user, user_settings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", 80))  # fuzzing phase; coverage adds its own
@@ -74,7 +74,8 @@ OPERATIONS = {result.ok().label for result in schema.get_all_operations()}
 @pytest.fixture(scope="module")
 def fuzz_app(postgres_url):
     """The app on the run's Postgres database, with its own user, session and tasks."""
-    app = create_app(base_config(postgres_url))
+    # The fuzzing user sends some 2,000 requests in well under a minute: over the per-user limit.
+    app = create_app(base_config(postgres_url, RATELIMIT_PER_USER="100000 per minute"))
     with get_engine(app).begin() as connection:
         token = create_user_session(connection, app.config, FUZZ_EMAIL, timedelta(hours=1))
     client = app.test_client()
@@ -84,7 +85,8 @@ def fuzz_app(postgres_url):
     app.extensions["fuzz"] = {"headers": headers, "user_id": user_id_of(app, token)}
     yield app
     with get_engine(app).begin() as connection:
-        connection.execute(delete(task).where(task.c.user_id == app.extensions["fuzz"]["user_id"]))
+        for table in (task, push_subscription, user_settings):
+            connection.execute(delete(table).where(table.c.user_id == app.extensions["fuzz"]["user_id"]))
         connection.execute(delete(user).where(user.c.email == FUZZ_EMAIL))  # and its session, by cascade
     get_engine(app).dispose()
 

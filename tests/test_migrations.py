@@ -5,7 +5,7 @@ from sqlalchemy import inspect, text
 
 from todo_api.database import current_revision, downgrade, get_engine, upgrade
 
-HEAD = "0005"
+HEAD = "0006"
 
 
 def task_indexes(engine):
@@ -92,3 +92,21 @@ def test_idempotency_keys_have_their_own_table_keyed_by_user_and_key(app):
     assert "idempotency_key" not in inspect(engine).get_table_names()
     upgrade(engine)
     assert "idempotency_key" in inspect(engine).get_table_names()
+
+
+def test_settings_and_push_tables_come_and_go_with_their_revision(app, client, auth, create_task):
+    engine = get_engine(app)
+    assert {"user_settings", "push_subscription", "push_delivery"} <= set(inspect(engine).get_table_names())
+    assert inspect(engine).get_pk_constraint("user_settings")["constrained_columns"] == ["user_id"]
+    assert {"ix_task_reminder_at", "ix_task_reminder_due_date"} <= task_indexes(engine)
+    create_task(title="survives")
+    client.put("/api/settings", headers=auth, json={"time_zone": "Europe/Berlin"})
+    downgrade(engine, "0004")
+    assert current_revision(engine) == "0004"
+    tables = set(inspect(engine).get_table_names())
+    assert not {"user_settings", "push_subscription", "push_delivery"} & tables
+    assert not {"ix_task_reminder_at", "ix_task_reminder_due_date"} & task_indexes(engine)
+    upgrade(engine)
+    assert current_revision(engine) == HEAD
+    assert [task["title"] for task in client.get("/api/tasks", headers=auth).get_json()["data"]] == ["survives"]
+    assert client.get("/api/settings", headers=auth).get_json() == {"data": {"time_zone": "UTC"}}

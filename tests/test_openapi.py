@@ -59,6 +59,9 @@ def test_routes_include_every_public_operation(document):
         SINGLE_TASK: {"get", "put", "delete"},
         SINGLE_TASK + "/complete": {"patch"},
         SINGLE_TASK + "/mark-reminder-sent": {"patch"},
+        "/api/settings": {"get", "put"},
+        "/api/notifications/subscribe": {"post"},
+        "/api/notifications/unsubscribe": {"delete"},
     }
 
 
@@ -81,7 +84,7 @@ def test_document_is_built_once(app, client):
 
 def test_operation_ids_are_unique(document):
     ids = [operation["operationId"] for _, _, operation in operations(document)]
-    assert len(ids) == len(set(ids)) == 14
+    assert len(ids) == len(set(ids)) == 18
 
 
 def test_api_operations_need_a_bearer_session_and_may_be_limited(document):
@@ -122,6 +125,11 @@ def test_errors_are_documented_where_they_can_happen(document):
     assert responses[("DELETE", SINGLE_TASK)] == {"200", "401", "404", "405", "412", "415", "429", "503"}
     assert responses[("PATCH", SINGLE_TASK + "/complete")] == responses[("PUT", SINGLE_TASK)]
     assert responses[("PATCH", SINGLE_TASK + "/mark-reminder-sent")] == responses[("DELETE", SINGLE_TASK)]
+    assert responses[("GET", "/api/settings")] == {"200", "401", "405", "429", "503"}
+    body_errors = {"200", "400", "401", "405", "413", "415", "422", "429", "503"}
+    assert responses[("PUT", "/api/settings")] == body_errors
+    assert responses[("POST", "/api/notifications/subscribe")] == body_errors
+    assert responses[("DELETE", "/api/notifications/unsubscribe")] == body_errors
     assert responses[("GET", "/health/ready")] == {"200", "405", "503"}
     assert responses[("GET", "/health")] == {"200", "405"}
     assert responses[("GET", "/docs")] == responses[("GET", "/openapi.json")] == {"200", "405", "429"}
@@ -179,6 +187,24 @@ def test_bodies_come_from_the_marshmallow_schemas(document):
     assert schemas["ChangedTaskEnvelope"]["properties"]["next_task"] == {"$ref": "#/components/schemas/Task"}
     complete = document["paths"][SINGLE_TASK + "/complete"]["patch"]["requestBody"]
     assert complete["required"] is False
+
+
+def test_settings_and_subscription_bodies_are_described(document):
+    schemas = document["components"]["schemas"]
+    paths = document["paths"]
+    subscribe = paths["/api/notifications/subscribe"]["post"]
+    assert subscribe["requestBody"]["required"] is True
+    subscription = schemas["Subscription"]
+    assert subscription["required"] == ["auth", "endpoint", "p256dh"]
+    assert subscription["properties"]["endpoint"]["maxLength"] == 2048
+    output = schemas["SubscriptionOutput"]
+    assert set(output["properties"]) == set(output["required"]) == {"id", "endpoint", "created_at", "updated_at"}
+    unsubscribe = paths["/api/notifications/unsubscribe"]["delete"]["requestBody"]
+    assert unsubscribe["required"] is False
+    assert schemas["Unsubscribed"]["required"] == ["deleted", "ok"]
+    assert schemas["Settings"]["required"] == ["time_zone"]
+    assert paths["/api/settings"]["put"]["tags"] == ["settings"]
+    assert subscribe["tags"] == ["notifications"]
 
 
 def test_list_parameters_come_from_the_query_schema(document):

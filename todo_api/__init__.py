@@ -69,9 +69,11 @@ def loaded_for_a_command():
 
 
 def register_blueprints(app):
-    from . import health, openapi, tasks
+    from . import health, openapi, settings, subscriptions, tasks
 
     app.register_blueprint(health.bp)
     app.register_blueprint(tasks.bp)
+    app.register_blueprint(settings.bp)
+    app.register_blueprint(subscriptions.bp)
     if app.config["DOCS_ENABLED"]:
         app.register_blueprint(openapi.bp)

@@ -1,12 +1,16 @@
-"""Command-line tools: `flask --app todo_api init-db`, `db ...`, `create-session`, `erase-orphans`, `erase-user`.
+"""Command-line tools: `flask --app todo_api init-db`, `db ...`, `create-session`, `erase-orphans`,
+`erase-user`, `reminders` and `vapid-keys`.
 
 Schema changes (`init-db`, `db upgrade|downgrade|current`) run on
 DATABASE_MIGRATION_URL when it is set: the direct connection, when
 DATABASE_URL goes through a transaction pooler.
 """
 
+import logging
 import secrets
+import signal
 import string
+import threading
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -19,6 +23,8 @@ from .database import current_revision, downgrade, get_engine, migration_engine,
 from .idempotency import idempotency_key
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
+
+log = logging.getLogger("todo_api.reminders")
 
 
 def random_id(length=32):
@@ -113,7 +119,7 @@ def create_session_command(email, days):
 
 # Every table of this service keyed by a Better Auth user id. Better Auth owns the `user` table, so none of
 # them has a foreign key to it: a user deleted there leaves these rows behind until they are erased.
-USER_TABLES = (models.task, idempotency_key)
+USER_TABLES = (models.task, idempotency_key, models.user_settings, models.push_subscription)
 
 
 def missing_user(table):
@@ -174,7 +180,71 @@ def erase_user_command(user_id, dry_run):
     click.echo(f"User {user_id}. {summary(dry_run, counts)}")
 
 
+reminders_command = AppGroup("reminders", help="Push due reminders to the users' browsers (Web Push).")
+
+
+def reminder_worker(app):
+    """The worker, or a ClickException naming the VAPID setting that is missing or wrong.
+
+    Imported here, not at start-up: the web app never sends a push.
+    """
+    from .delivery import VapidSettingError
+    from .reminders import Worker
+
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its debug lines name the URLs it calls
+    try:
+        return Worker.from_app(app)
+    except VapidSettingError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@reminders_command.command("run")
+def reminders_run_command():
+    """Push due reminders every REMINDER_POLL_SECONDS until SIGTERM or SIGINT (then finish the batch, exit 0)."""
+    from .reminders import run_forever
+
+    app = current_app._get_current_object()
+    worker = reminder_worker(app)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    log.info("reminder worker started: a pass every %d s", app.config["REMINDER_POLL_SECONDS"])
+    try:
+        run_forever(worker, app.config["REMINDER_POLL_SECONDS"], stop)
+    finally:
+        worker.close()
+    log.info("reminder worker stopped")
+
+
+@reminders_command.command("send-due")
+def reminders_send_due_command():
+    """Push every reminder that is due now, once (for cron), and print what became of them."""
+    from .reminders import describe
+
+    worker = reminder_worker(current_app._get_current_object())
+    try:
+        counts = worker.run_pass()
+    finally:
+        worker.close()
+    click.echo(f"Reminders: {describe(counts)}.")
+
+
+@click.command("vapid-keys")
+def vapid_keys_command():
+    """Print a new VAPID key pair, as VAPID_PUBLIC_KEY=... and VAPID_PRIVATE_KEY=... lines.
+
+    The public key is also the frontend's NEXT_PUBLIC_VAPID_PUBLIC_KEY.
+    """
+    from .delivery import generate_vapid_keys
+
+    public_key, private_key = generate_vapid_keys()
+    click.echo(f"VAPID_PUBLIC_KEY={public_key}")
+    click.echo(f"VAPID_PRIVATE_KEY={private_key}")
+
+
 def init_app(app):
+    app.cli.add_command(reminders_command)
+    app.cli.add_command(vapid_keys_command)
     app.cli.add_command(init_db_command)
     app.cli.add_command(db_command)
     app.cli.add_command(create_session_command)

@@ -15,6 +15,7 @@ DEFAULT_RATELIMIT_PER_IP = "6000 per minute"
 DEFAULT_CONCURRENT_PER_USER = 3
 # The docs page is 1.7 MB of Swagger UI and a handful of files per view; its files are cached a day.
 DEFAULT_RATELIMIT_DOCS = "60 per minute"
+MAX_REMINDER_LEAD_MINUTES = 30 * 24 * 60
 
 
 def env_str(name, default=None):
@@ -24,7 +25,7 @@ def env_str(name, default=None):
     return value.strip()
 
 
-def env_int(name, default, minimum=0):
+def env_int(name, default, minimum=0, maximum=None):
     raw = env_str(name)
     if raw is None:
         return default
@@ -34,6 +35,8 @@ def env_int(name, default, minimum=0):
         raise RuntimeError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise RuntimeError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise RuntimeError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
@@ -87,4 +90,14 @@ def from_environment():
         "REDIS_URL": env_str("REDIS_URL"),
         "TRUSTED_PROXY_HOPS": env_int("TRUSTED_PROXY_HOPS", 0),
         "MAX_CONTENT_LENGTH": 1024 * 1024,
+        # Web Push reminders (the worker: `flask --app todo_api reminders run`).
+        "VAPID_PRIVATE_KEY": env_str("VAPID_PRIVATE_KEY"),
+        "VAPID_PUBLIC_KEY": env_str("VAPID_PUBLIC_KEY"),
+        "VAPID_SUBJECT": env_str("VAPID_SUBJECT"),
+        "REMINDER_POLL_SECONDS": env_int("REMINDER_POLL_SECONDS", 30, minimum=1),
+        "REMINDER_LEAD_MINUTES": env_int("REMINDER_LEAD_MINUTES", 60, maximum=MAX_REMINDER_LEAD_MINUTES),
+        "REMINDER_BATCH_SIZE": env_int("REMINDER_BATCH_SIZE", 100, minimum=1),
+        "REMINDER_PUSH_THREADS": env_int("REMINDER_PUSH_THREADS", 8, minimum=1),
+        "PUSH_TIMEOUT_SECONDS": env_int("PUSH_TIMEOUT_SECONDS", 10, minimum=1),
+        "PUSH_ALLOW_INSECURE_ENDPOINTS": env_bool("PUSH_ALLOW_INSECURE_ENDPOINTS", False),
     }

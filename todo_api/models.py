@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     bindparam,
     delete,
     func,
@@ -66,6 +67,43 @@ task = Table(
 )
 RECURRENCE_PATTERNS = ("daily", "weekly", "monthly", "yearly")
 RECURRING_NEEDS_DUE_DATE = "A recurring task needs a due date."
+
+# A user's settings, keyed by Better Auth's user id; a user without a row has the defaults.
+user_settings = Table(
+    "user_settings",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("time_zone", Text, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+# A browser's Web Push subscription: one row per endpoint, owned by one user at a time.
+push_subscription = Table(
+    "push_subscription",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("endpoint", String(2048), nullable=False, unique=True),
+    Column("p256dh", Text, nullable=False),
+    Column("auth", Text, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+# One reminder still to be pushed to one subscription (see `reminders`): created
+# when the reminder comes due, deleted once the push service has taken it.
+push_delivery = Table(
+    "push_delivery",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("task_id", Integer, ForeignKey("task.id", ondelete="CASCADE"), nullable=False),
+    Column("subscription_id", Integer, ForeignKey("push_subscription.id", ondelete="CASCADE"), nullable=False),
+    Column("remind_at", DateTime, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime, nullable=False),
+    Column("claim_token", String(32)),
+    UniqueConstraint("task_id", "subscription_id", name="uq_push_delivery_task_subscription"),
+)
 
 
 def utcnow():
@@ -327,7 +365,7 @@ def change_task(db, user_id, task_id, changes_for, versions=None):
 
     Checks If-Match's versions on the locked row, checks rules that span fields
     (a recurring task needs a due date), clears `reminder_sent` when the
-    reminder time moves, and when a recurring task becomes completed, creates
+    reminder moves (see `reminder_moved`), and when a recurring task becomes completed, creates
     its next occurrence in the same transaction.
     """
     with transaction(db):
@@ -337,7 +375,7 @@ def change_task(db, user_id, task_id, changes_for, versions=None):
         after = {**current._mapping, **changes}
         if after["recurrence_pattern"] and after["due_date"] is None:
             raise ValidationError({"due_date": [RECURRING_NEEDS_DUE_DATE]})
-        if "remind_at" in changes and changes["remind_at"] != current.remind_at:
+        if reminder_moved(current, after):
             changes["reminder_sent"] = False
         if not changes:
             return current, None
@@ -349,6 +387,14 @@ def change_task(db, user_id, task_id, changes_for, versions=None):
             if upcoming is not None:
                 next_task = db.execute(_INSERT, upcoming).one()
     return row, next_task
+
+
+def reminder_moved(current, after):
+    """Whether a change moves the task's reminder: its `remind_at`, or, without one, the due date it is
+    derived from (see `reminders.reminder_time`). A moved reminder is due again, so `reminder_sent` clears."""
+    if after["remind_at"] != current.remind_at:
+        return True
+    return after["remind_at"] is None and after["due_date"] != current.due_date
 
 
 def next_occurrence(row):

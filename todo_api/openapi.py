@@ -28,15 +28,23 @@ from .schemas import (
     ListQuerySchema,
     MessageSchema,
     SearchQuerySchema,
+    SettingsEnvelopeSchema,
+    SettingsSchema,
     StatusSchema,
+    SubscriptionEnvelopeSchema,
     TaskCreateSchema,
     TaskEnvelopeSchema,
     TaskListEnvelopeSchema,
     TaskSchema,
     TaskUpdateSchema,
+    UnsubscribedEnvelopeSchema,
+    UnsubscribeSchema,
+    subscription_schemas,
 )
 
 bp = Blueprint("openapi", __name__)
+# The https-only form: what production accepts.
+SubscriptionSchemaForDocs = subscription_schemas[False]
 
 TITLE = "todo-api"
 VERSION = "1.0.0"
@@ -163,7 +171,7 @@ def json_body(schema, description, required=True):
     return {"required": required, "description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def api(operation, *, changes=False, body=False, task=False, conditional=False, validated=False):
+def api(operation, *, changes=False, body=False, task=False, conditional=False, validated=False, tag="tasks"):
     """An /api operation: a session, rate limits and the errors its kind of request can meet.
 
     `changes`: it changes data (so a cookie-authenticated request must be JSON);
@@ -188,7 +196,7 @@ def api(operation, *, changes=False, body=False, task=False, conditional=False, 
         responses["412"] = "PreconditionFailed"
     parameters = (["TaskId"] if task else []) + (["IfMatch"] if conditional else [])
     return {
-        "tags": ["tasks"],
+        "tags": [tag],
         "security": [{"bearerAuth": []}, {"sessionCookie": []}],
         **operation,
         "parameters": parameters + operation.get("parameters", []),
@@ -346,6 +354,49 @@ OPERATIONS = {
         task=True,
         conditional=True,
     ),
+    "settings.get_settings": api(
+        {
+            "summary": "Get the caller's settings",
+            "description": "A user who never saved settings has the defaults (`time_zone`: `UTC`).",
+            "responses": {"200": ok("The settings.", SettingsEnvelopeSchema)},
+        },
+        tag="settings",
+    ),
+    "settings.put_settings": api(
+        {
+            "summary": "Save the caller's settings",
+            "description": "Reminders show due times in `time_zone`.",
+            "requestBody": json_body(SettingsSchema, "The settings; unknown fields are ignored."),
+            "responses": {"200": ok("The settings as saved.", SettingsEnvelopeSchema)},
+        },
+        body=True,
+        tag="settings",
+    ),
+    "notifications.subscribe_view": api(
+        {
+            "summary": "Store a Web Push subscription",
+            "description": "The browser's `PushSubscription`: its endpoint and keys. One row per endpoint: "
+            "subscribing an endpoint again replaces its keys and gives it to the caller. Reminders are pushed to "
+            "every subscription of their user.",
+            "requestBody": json_body(
+                SubscriptionSchemaForDocs, "The subscription; unknown fields are ignored.", required=True
+            ),
+            "responses": {"200": ok("The stored subscription, without its keys.", SubscriptionEnvelopeSchema)},
+        },
+        body=True,
+        tag="notifications",
+    ),
+    "notifications.unsubscribe_view": api(
+        {
+            "summary": "Remove Web Push subscriptions",
+            "description": '`{"endpoint": ...}` removes that subscription of the caller\'s; without a body, all of '
+            "them are removed. Removing what is not there is not an error: `deleted` counts what was removed.",
+            "requestBody": json_body(UnsubscribeSchema, "Optional: the endpoint to remove.", required=False),
+            "responses": {"200": ok("Removed.", UnsubscribedEnvelopeSchema)},
+        },
+        body=True,
+        tag="notifications",
+    ),
 }
 
 # -- Building the document ----------------------------------------------------
@@ -382,6 +433,8 @@ def build_document(app):
         },
         tags=[
             {"name": "tasks", "description": "The caller's tasks."},
+            {"name": "settings", "description": "The caller's settings."},
+            {"name": "notifications", "description": "The caller's Web Push subscriptions, for reminders."},
             {"name": "service", "description": "Health and documentation; no session needed."},
         ],
     )

@@ -4,10 +4,13 @@ Input schemas ignore unknown fields (the frontend may send a whole task back)
 and never accept `id`, `user_id`, `created_at` or `updated_at`.
 """
 
+import functools
 from datetime import UTC
+from zoneinfo import available_timezones
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
+from . import webpush
 from .models import PRIORITIES, RECURRENCE_PATTERNS, RECURRING_NEEDS_DUE_DATE
 
 TITLE_MAX = 255
@@ -201,6 +204,125 @@ class SearchQuerySchema(ListQuerySchema):
     q = text(SEARCH_MAX, min_length=1, required=True, data_key="keyword")
 
 
+# -- Settings and push subscriptions ------------------------------------------------
+
+# Not zones: the system's link to its own zone, and tzdata's placeholders.
+NOT_TIME_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+TIME_ZONE_EXAMPLE = "Europe/Berlin"
+
+
+@functools.cache
+def time_zone_names():
+    return frozenset(available_timezones()) - NOT_TIME_ZONES
+
+
+class TimeZone(fields.String):
+    """An IANA time zone name that zoneinfo knows, spelled exactly (`Europe/Berlin`, `UTC`)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        name = super()._deserialize(value, attr, data, **kwargs)
+        if name not in time_zone_names():
+            raise ValidationError("Must be an IANA time zone name, such as Europe/Berlin or UTC.")
+        return name
+
+
+class SettingsSchema(Schema):
+    """A user's settings: `PUT /api/settings` takes them, `GET` shows them."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    time_zone = TimeZone(
+        required=True,
+        metadata={
+            "description": "IANA time zone name; reminders show times in it. Default `UTC`.",
+            "example": TIME_ZONE_EXAMPLE,
+        },
+    )
+
+
+class CheckedText(fields.String):
+    """A string that `problem(value)` accepts (it returns None), stored as `canonical(value)`."""
+
+    def __init__(self, problem, canonical=None, **kwargs):
+        super().__init__(**kwargs)
+        self.problem = problem
+        self.canonical = canonical
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        message = self.problem(text)
+        if message:
+            raise ValidationError(message)
+        return self.canonical(text) if self.canonical else text
+
+
+# A subscription as a browser makes one (for the OpenAPI document's example: a
+# real P-256 point and a 16-byte secret, base64url).
+SUBSCRIPTION_EXAMPLE = {
+    "endpoint": "https://fcm.googleapis.com/fcm/send/dpH5lCsTSSM:APA91bHqjZxM0VImWWqDRN7U0a3AycjUf4O-byuxb",
+    "p256dh": "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM",
+    "auth": "tBHItJI5svbpez7KI4CCXg",
+}
+
+
+def _subscription_schema(allow_insecure):
+    endpoint_problem = functools.partial(webpush.endpoint_problem, allow_insecure=allow_insecure)
+
+    class SubscriptionSchema(Schema):
+        """A browser's push subscription: `PushSubscription.toJSON()`'s endpoint and keys, side by side."""
+
+        class Meta:
+            unknown = EXCLUDE
+
+        endpoint = CheckedText(
+            endpoint_problem,
+            required=True,
+            validate=validate.Length(min=1, max=webpush.MAX_ENDPOINT_LENGTH),
+            metadata={
+                "description": "The push service's URL for this browser: https, on a DNS name.",
+                "example": SUBSCRIPTION_EXAMPLE["endpoint"],
+            },
+        )
+        p256dh = CheckedText(
+            webpush.p256dh_problem,
+            webpush.canonical_key,
+            required=True,
+            validate=validate.Length(max=200),
+            metadata={
+                "description": "The browser's P-256 public key: base64url (padding optional) of the 65-byte "
+                "uncompressed point.",
+                "example": SUBSCRIPTION_EXAMPLE["p256dh"],
+            },
+        )
+        auth = CheckedText(
+            webpush.auth_problem,
+            webpush.canonical_key,
+            required=True,
+            validate=validate.Length(max=200),
+            metadata={
+                "description": "The subscription's authentication secret: base64url of 16 bytes.",
+                "example": SUBSCRIPTION_EXAMPLE["auth"],
+            },
+        )
+
+    return SubscriptionSchema()
+
+
+class UnsubscribeSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    endpoint = text(
+        webpush.MAX_ENDPOINT_LENGTH,
+        required=True,
+        metadata={"description": "The endpoint to remove.", "example": SUBSCRIPTION_EXAMPLE["endpoint"]},
+    )
+
+
+subscription_schemas = {allow_insecure: _subscription_schema(allow_insecure) for allow_insecure in (False, True)}
+settings_schema = SettingsSchema()
+unsubscribe_schema = UnsubscribeSchema()
 task_create_schema = TaskCreateSchema()
 task_update_schema = TaskUpdateSchema(partial=True)
 completion_schema = CompletionSchema()
@@ -251,6 +373,33 @@ class DeletedSchema(Schema):
 
 class DeletedEnvelopeSchema(Schema):
     data = fields.Nested(DeletedSchema, required=True)
+
+
+class SettingsEnvelopeSchema(Schema):
+    data = fields.Nested(SettingsSchema, required=True)
+
+
+class SubscriptionOutputSchema(Schema):
+    """A stored subscription, without its keys."""
+
+    id = fields.Integer(required=True)
+    endpoint = fields.String(required=True)
+    created_at = UtcDateTime(required=True)
+    updated_at = UtcDateTime(required=True)
+
+
+class SubscriptionEnvelopeSchema(Schema):
+    data = fields.Nested(SubscriptionOutputSchema, required=True)
+
+
+class UnsubscribedSchema(DeletedSchema):
+    deleted = fields.Integer(
+        required=True, metadata={"description": "How many of the caller's subscriptions were removed."}
+    )
+
+
+class UnsubscribedEnvelopeSchema(Schema):
+    data = fields.Nested(UnsubscribedSchema, required=True)
 
 
 class MessageSchema(Schema):

@@ -1,0 +1,118 @@
+"""Reminders pushed per second by one worker, to a push service on 127.0.0.1.
+
+    .venv/bin/python bench/reminders.py [--reminders 5000] [--users 100] [--batch 100] [--threads 8]
+        [--no-verify] [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
+
+On a throwaway Postgres database (dropped at the end), it inserts --users users'
+push subscriptions, one each, at the tests' push service (tests/push_service.py),
+and --reminders due reminders spread over them; then one worker (`Worker.run_pass`,
+what `flask --app todo_api reminders send-due` runs) pushes them all, and the
+script prints the reminders delivered per second. The push service checks each
+request's VAPID token and decrypts its body, on the same cores as the worker;
+with --no-verify it answers 201 without looking, which shows the worker alone.
+"""
+
+import argparse
+import os
+import sys
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
+
+from push_service import PushService  # noqa: E402
+from sqlalchemy import create_engine, insert, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from todo_api import create_app  # noqa: E402
+from todo_api.database import get_engine, normalize_url  # noqa: E402
+from todo_api.delivery import generate_vapid_keys  # noqa: E402
+from todo_api.models import create_schema, push_subscription, task, utcnow  # noqa: E402
+from todo_api.reminders import Worker  # noqa: E402
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reminders", type=int, default=5000, help="default: %(default)s")
+    parser.add_argument("--users", type=int, default=100, help="one subscription each (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=100, help="REMINDER_BATCH_SIZE (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=8, help="REMINDER_PUSH_THREADS (default: %(default)s)")
+    parser.add_argument("--no-verify", action="store_true", help="the push service only counts requests")
+    parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    return parser.parse_args()
+
+
+def seed(app, service, users, reminders):
+    now = utcnow()
+    subscriptions = [
+        {"user_id": f"user-{number}", **service.subscription(f"user-{number}"), "created_at": now, "updated_at": now}
+        for number in range(users)
+    ]
+    tasks = [
+        {
+            "user_id": f"user-{number % users}",
+            "title": f"Reminder {number}",
+            "completed": False,
+            "priority": "medium",
+            "tags": [],
+            "created_at": now,
+            "updated_at": now,
+            "remind_at": now,
+            "reminder_sent": False,
+        }
+        for number in range(reminders)
+    ]
+    with get_engine(app).begin() as connection:
+        connection.execute(insert(push_subscription), subscriptions)
+        connection.execute(insert(task), tasks)
+
+
+def main():
+    args = parse_args()
+    public_key, private_key = generate_vapid_keys()
+    name = f"todo_api_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(normalize_url(args.admin_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    service = PushService(public_key, verify=not args.no_verify).start()
+    app = None
+    try:
+        app = create_app(
+            {
+                "DATABASE_URL": make_url(args.admin_url).set(database=name).render_as_string(hide_password=False),
+                "VAPID_PUBLIC_KEY": public_key,
+                "VAPID_PRIVATE_KEY": private_key,
+                "VAPID_SUBJECT": "mailto:bench@example.com",
+                "PUSH_ALLOW_INSECURE_ENDPOINTS": True,
+                "REMINDER_BATCH_SIZE": args.batch,
+                "REMINDER_PUSH_THREADS": args.threads,
+                "LOG_LEVEL": "WARNING",
+            }
+        )
+        create_schema(get_engine(app), app.config, with_auth_tables=False)
+        seed(app, service, args.users, args.reminders)
+        worker = Worker.from_app(app)
+        started = time.perf_counter()
+        counts = worker.run_pass()
+        elapsed = time.perf_counter() - started
+        worker.close()
+        delivered = counts["delivered"]
+        checked = "checked and decrypted" if service.verify else "counted only"
+        print(
+            f"{delivered} of {args.reminders} reminders delivered in {elapsed:.2f} s: {delivered / elapsed:,.0f}/s "
+            f"(one worker, batch {args.batch}, {args.threads} threads; push service: {checked}, "
+            f"{service.requests} requests, {len(service.failures)} failed checks)"
+        )
+        return 0 if delivered == args.reminders and not service.failures else 1
+    finally:
+        service.stop()
+        if app is not None:
+            get_engine(app).dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The caller's Web Push subscriptions: `POST /api/notifications/subscribe` and `DELETE .../unsubscribe`.
+
+One row per endpoint. Subscribing an endpoint again replaces its keys and
+gives it to the caller: a browser profile that another user signs in to
+pushes that user's reminders from then on.
+"""
+
+from flask import Blueprint, current_app, g
+from sqlalchemy import DateTime, bindparam, delete
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .database import get_db
+from .models import push_subscription, utcnow
+from .schemas import subscription_schemas, unsubscribe_schema
+from .tasks import has_body, json_body, require_session
+
+bp = Blueprint("notifications", __name__, url_prefix="/api/notifications")
+bp.before_request(require_session)
+
+
+def _upsert(insert):
+    statement = insert(push_subscription).values(
+        user_id=bindparam("user_id"),
+        endpoint=bindparam("endpoint"),
+        p256dh=bindparam("p256dh"),
+        auth=bindparam("auth"),
+        created_at=bindparam("now", type_=DateTime),
+        updated_at=bindparam("now", type_=DateTime),
+    )
+    moved = {name: statement.excluded[name] for name in ("user_id", "p256dh", "auth", "updated_at")}
+    return statement.on_conflict_do_update(index_elements=[push_subscription.c.endpoint], set_=moved).returning(
+        push_subscription.c.id,
+        push_subscription.c.endpoint,
+        push_subscription.c.created_at,
+        push_subscription.c.updated_at,
+    )
+
+
+_SUBSCRIBE = {"postgresql": _upsert(postgresql.insert), "sqlite": _upsert(sqlite.insert)}
+_UNSUBSCRIBE_ALL = delete(push_subscription).where(push_subscription.c.user_id == bindparam("user_id"))
+_UNSUBSCRIBE = _UNSUBSCRIBE_ALL.where(push_subscription.c.endpoint == bindparam("endpoint"))
+
+
+def subscribe(db, user_id, subscription):
+    """Store a subscription for the user, in one statement; returns its row (without keys)."""
+    return db.execute(_SUBSCRIBE[db.dialect.name], {"user_id": user_id, "now": utcnow(), **subscription}).one()
+
+
+def unsubscribe(db, user_id, endpoint=None):
+    """Remove one of the user's subscriptions, or all of them; returns how many were removed."""
+    if endpoint is None:
+        return db.execute(_UNSUBSCRIBE_ALL, {"user_id": user_id}).rowcount
+    return db.execute(_UNSUBSCRIBE, {"user_id": user_id, "endpoint": endpoint}).rowcount
+
+
+@bp.post("/subscribe")
+def subscribe_view():
+    schema = subscription_schemas[current_app.config["PUSH_ALLOW_INSECURE_ENDPOINTS"]]
+    row = subscribe(get_db(), g.user_id, json_body(schema))
+    return {"data": dict(row._mapping)}
+
+
+@bp.delete("/unsubscribe")
+def unsubscribe_view():
+    """`{"endpoint": ...}` removes that subscription; no body (as the frontend sends it) removes them all."""
+    endpoint = json_body(unsubscribe_schema)["endpoint"] if has_body() else None
+    return {"data": {"ok": True, "deleted": unsubscribe(get_db(), g.user_id, endpoint)}}

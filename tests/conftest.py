@@ -60,7 +60,8 @@ def postgres_url():
 
 def truncate_postgres(engine):
     with engine.begin() as connection:
-        connection.execute(text('TRUNCATE task, idempotency_key, "session", "user" RESTART IDENTITY CASCADE'))
+        tables = 'task, idempotency_key, user_settings, "session", "user"'
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

@@ -5,7 +5,7 @@ from sqlalchemy import inspect, text
 
 from todo_api.database import current_revision, downgrade, get_engine, upgrade
 
-HEAD = "0004"
+HEAD = "0007"
 
 
 def task_indexes(engine):

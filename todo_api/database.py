@@ -23,6 +23,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
+from .timezones import register_sqlite_functions
+
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 
 POSTGRES_SCHEMES = ("postgres", "postgresql")
@@ -137,6 +139,7 @@ def _sqlite_engine(url):
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.close()
         dbapi_connection.create_function("advance_timestamp", 2, advance_timestamp_text, deterministic=True)
+        register_sqlite_functions(dbapi_connection)
 
     return engine
 

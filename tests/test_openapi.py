@@ -59,6 +59,7 @@ def test_routes_include_every_public_operation(document):
         SINGLE_TASK: {"get", "put", "delete"},
         SINGLE_TASK + "/complete": {"patch"},
         SINGLE_TASK + "/mark-reminder-sent": {"patch"},
+        "/api/settings": {"get", "put"},
     }
 
 
@@ -81,7 +82,7 @@ def test_document_is_built_once(app, client):
 
 def test_operation_ids_are_unique(document):
     ids = [operation["operationId"] for _, _, operation in operations(document)]
-    assert len(ids) == len(set(ids)) == 14
+    assert len(ids) == len(set(ids)) == 16
 
 
 def test_api_operations_need_a_bearer_session_and_may_be_limited(document):

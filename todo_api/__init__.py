@@ -52,8 +52,9 @@ def register_extensions(app):
 
 
 def register_blueprints(app):
-    from . import health, openapi, tasks
+    from . import health, openapi, settings, tasks
 
     app.register_blueprint(health.bp)
     app.register_blueprint(tasks.bp)
+    app.register_blueprint(settings.bp)
     app.register_blueprint(openapi.bp)

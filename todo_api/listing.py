@@ -5,16 +5,21 @@ matches its sort (see migration 0002), so a page costs the same at any list
 size. Pages are cut with a cursor (the last row's sort value and id), never
 OFFSET. Every value a user sends is a bound parameter; `q` is matched
 literally (LIKE wildcards are escaped).
+
+Due dates sort and filter by their instants. A filter that needs the caller's
+time zone (overdue, a due_before/due_after without an offset) reads it in the
+list's own statement, in an uncorrelated subquery computed once, so a page is
+still one index range scan.
 """
 
 from datetime import datetime
 
 from itsdangerous import BadSignature, URLSafeSerializer
 from marshmallow import ValidationError
-from sqlalchemy import and_, exists, func, literal, literal_column, or_, select, tuple_
+from sqlalchemy import DateTime, and_, exists, func, literal, literal_column, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import JSONB
 
-from .models import task, utcnow
+from .models import local_to_utc_sql, task, time_zone_name_sql, utcnow
 
 CEILING = 1000  # rows per response when the client sets no limit
 PRIORITY_RANK = literal_column("(CASE task.priority WHEN 'low' THEN 0 WHEN 'medium' THEN 1 WHEN 'high' THEN 2 END)")
@@ -32,8 +37,8 @@ def escape_like(value):
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def filters(query, dialect):
-    """SQL conditions for the filters in a validated list query."""
+def filters(query, dialect, user_id):
+    """SQL conditions for the filters in a validated list query of this user's tasks."""
     conditions = []
     status = query.get("status", "all")
     if status != "all":
@@ -48,17 +53,32 @@ def filters(query, dialect):
         pattern = f"%{escape_like(query['q'])}%"
         conditions.append(or_(task.c.title.ilike(pattern, escape="\\"), task.c.description.ilike(pattern, escape="\\")))
     if query.get("due_before") is not None:
-        conditions.append(task.c.due_date < query["due_before"])
+        conditions.append(task.c.due_date < instant(query["due_before"], user_id))
     if query.get("due_after") is not None:
-        conditions.append(task.c.due_date > query["due_after"])
+        conditions.append(task.c.due_date > instant(query["due_after"], user_id))
     now = utcnow()
     if query.get("overdue") is not None:
-        overdue = and_(task.c.due_date < now, task.c.completed.is_(False))
+        # An all-day task is overdue once its day has ended in the caller's zone.
+        zone_name = time_zone_name_sql(user_id)
+        today_began = select(func.todo_day_start(zone_name, literal(now, DateTime), type_=DateTime)).scalar_subquery()
+        overdue = and_(
+            task.c.due_date < now,
+            task.c.completed.is_(False),
+            or_(task.c.due_all_day.is_(False), task.c.due_date < today_began),
+        )
         conditions.append(overdue if query["overdue"] else ~overdue | task.c.due_date.is_(None))
     if query.get("reminder_due") is not None:
         due = and_(task.c.remind_at <= now, task.c.reminder_sent.is_(False))
         conditions.append(due if query["reminder_due"] else ~due | task.c.remind_at.is_(None))
     return conditions
+
+
+def instant(moment, user_id):
+    """A due_before/due_after value as an instant: given with an offset, it is one; a date or
+    wall-clock time is placed in the user's zone (a date stands for the moment its day begins)."""
+    if isinstance(moment, datetime):
+        return moment
+    return select(local_to_utc_sql(time_zone_name_sql(user_id), literal(moment.local, DateTime))).scalar_subquery()
 
 
 def has_tags(tags, dialect):
@@ -122,7 +142,7 @@ def list_statement(user_id, query, dialect, cursors):
     sort_by, descending, limit = sort_of(query)
     statement = (
         select(task)
-        .where(task.c.user_id == user_id, *filters(query, dialect))
+        .where(task.c.user_id == user_id, *filters(query, dialect, user_id))
         .order_by(*order_by(sort_by, descending))
         .limit(limit + 1)
     )
@@ -132,6 +152,8 @@ def list_statement(user_id, query, dialect, cursors):
 
 
 def sort_of(query):
+    """(sort key, descending, page size). `GET /api/tasks` defaults to newest first; `filter-sort`
+    sets `sort_order` to `asc` when absent, as the frontend's own backend did."""
     return query.get("sort_by", "created_at"), query.get("sort_order", "desc") == "desc", query.get("limit") or CEILING
 
 

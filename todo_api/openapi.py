@@ -28,12 +28,16 @@ from .schemas import (
     ListQuerySchema,
     MessageSchema,
     SearchQuerySchema,
+    SettingsEnvelopeSchema,
+    SettingsSchema,
+    ShownMoment,
     StatusSchema,
     TaskCreateSchema,
     TaskEnvelopeSchema,
     TaskListEnvelopeSchema,
     TaskSchema,
     TaskUpdateSchema,
+    UtcInput,
 )
 
 bp = Blueprint("openapi", __name__)
@@ -262,6 +266,16 @@ OPERATIONS = {
         },
         validated=True,
     ),
+    "tasks.filter_sort_tasks": api(
+        {
+            "summary": "List tasks, oldest first",
+            "description": "The list, as the frontend's filter and sort controls call it: the same parameters, but "
+            "`sort_order` defaults to `asc`.",
+            "parameters": LIST_QUERY,
+            "responses": {"200": TASK_LIST},
+        },
+        validated=True,
+    ),
     "tasks.search_tasks": api(
         {
             "summary": "Search tasks",
@@ -335,6 +349,24 @@ OPERATIONS = {
         task=True,
         conditional=True,
     ),
+    "settings.get_settings": api(
+        {
+            "tags": ["settings"],
+            "summary": "Get the caller's settings",
+            "responses": {"200": ok("The settings.", SettingsEnvelopeSchema)},
+        }
+    ),
+    "settings.put_settings": api(
+        {
+            "tags": ["settings"],
+            "summary": "Set the caller's time zone",
+            "description": "Due dates and reminders given without an offset keep their day and time on the wall "
+            "clock of the new zone; those given with an offset keep their instant.",
+            "requestBody": json_body(SettingsSchema, "The time zone."),
+            "responses": {"200": ok("The settings.", SettingsEnvelopeSchema)},
+        },
+        body=True,
+    ),
 }
 
 # -- Building the document ----------------------------------------------------
@@ -371,10 +403,14 @@ def build_document(app):
         },
         tags=[
             {"name": "tasks", "description": "The caller's tasks."},
+            {"name": "settings", "description": "The caller's settings: the time zone."},
             {"name": "service", "description": "Health and documentation; no session needed."},
         ],
     )
     marshmallow.converter.add_parameter_attribute_function(comma_list_parameter)
+    # Due dates take and show forms beyond RFC 3339's date-time (a date, a time without an offset).
+    marshmallow.map_to_openapi_type(UtcInput, "string", None)
+    marshmallow.map_to_openapi_type(ShownMoment, "string", None)
     for name, scheme in SECURITY_SCHEMES.items():
         spec.components.security_scheme(name, scheme)
     spec.components.schema("Error", schema=ErrorSchema)

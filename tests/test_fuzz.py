@@ -29,7 +29,7 @@ from sqlalchemy import delete, select
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.database import get_engine
-from todo_api.models import task, user
+from todo_api.models import task, user, user_settings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", 80))  # fuzzing phase; coverage adds its own
@@ -60,6 +60,8 @@ SEED_TASKS = [
     },
     {"title": "yearly", "recurrence_pattern": "yearly", "due_date": "2026-12-31T23:00:00-05:00"},
     {"title": "weekly", "recurrence_pattern": "weekly", "due_date": "1900-01-01T00:00:00Z"},
+    {"title": "all day", "recurrence_pattern": "monthly", "due_date": "2026-01-31", "remind_at": "2026-01-30T18:00"},
+    {"title": "wall clock", "recurrence_pattern": "daily", "due_date": "2026-03-28T02:30"},
 ]
 
 # What the run saw, per operation: how many cases, and their status codes.
@@ -85,6 +87,7 @@ def fuzz_app(postgres_url):
     yield app
     with get_engine(app).begin() as connection:
         connection.execute(delete(task).where(task.c.user_id == app.extensions["fuzz"]["user_id"]))
+        connection.execute(delete(user_settings).where(user_settings.c.user_id == app.extensions["fuzz"]["user_id"]))
         connection.execute(delete(user).where(user.c.email == FUZZ_EMAIL))  # and its session, by cascade
     get_engine(app).dispose()
 

@@ -236,7 +236,7 @@ def test_a_zone_change_keeps_every_tasks_meaning(app, client, auth, other_auth, 
     assert by_due == ["all day", "instant", "mixed", "wall clock"]
 
 
-def test_a_zone_change_is_one_transaction(app, client, auth, create_task, backend):
+def test_a_zone_change_is_one_transaction(app, client, auth, create_task):
     create_task(due_date="2026-07-01")
     log = StatementLog(app)
     try:

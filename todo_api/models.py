@@ -7,8 +7,9 @@ schema is built by the migrations in `migrations/`; this module only queries.
 
 Due dates and reminders given without an offset are times on the user's wall
 clock, in the time zone of their `user_settings` (UTC without a row): see
-`timezones`. Their instants are computed in the statement that writes them,
-which reads the zone itself, so a create stays one statement.
+`timezones`. A create computes their instants in its one statement, which
+reads the zone itself; an update, which needs a transaction anyway, reads the
+zone there; statements that need no zone never read it.
 
 Every statement that touches a task filters by the caller's user id in SQL.
 Statements are built once at import; SQLAlchemy caches their compiled form.

@@ -200,6 +200,7 @@ def test_better_auth_made_its_own_tables_beside_ours(todo, database_url):
             "session",
             "task",
             "user",
+            "user_settings",
             "verification",
         ]
     engine.dispose()

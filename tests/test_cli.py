@@ -45,6 +45,7 @@ def test_init_db_without_auth_tables_creates_only_the_service_tables(fresh_sqlit
         "alembic_version",
         "task",
         "idempotency_key",
+        "user_settings",
     }
 
 
@@ -55,6 +56,7 @@ def test_init_db_on_sqlite_creates_the_auth_tables_by_default(fresh_sqlite_app):
         "alembic_version",
         "task",
         "idempotency_key",
+        "user_settings",
         "user",
         "session",
     }

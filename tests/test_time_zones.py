@@ -509,3 +509,15 @@ def test_an_old_row_without_wall_clock_columns_recurs_as_before(app, client, aut
         connection.execute(update(task_table).where(task_table.c.id == created["id"]).values(due_local=None))
     (following,) = complete_series(client, auth, created, 1)
     assert (following["due_date"], following["due_all_day"]) == ("2026-02-28T09:00:00+00:00", False)
+
+
+def test_a_retried_create_with_a_wall_clock_date_is_stored_once(client, auth):
+    set_zone(client, auth, "Europe/Berlin")
+    headers = {**auth, "Idempotency-Key": "wall-clock-create"}
+    first = client.post("/api/tasks", headers=headers, json={"title": "x", "due_date": "2026-01-30"})
+    retry = client.post("/api/tasks", headers=headers, json={"due_date": "2026-01-30", "title": "x"})
+    assert (first.status_code, retry.status_code, retry.headers["Idempotent-Replayed"]) == (200, 200, "true")
+    assert retry.data == first.data
+    same_instant = client.post("/api/tasks", headers=headers, json={"title": "x", "due_date": "2026-01-29T23:00:00Z"})
+    assert same_instant.status_code == 422  # another request: an instant, not a calendar date
+    assert len(client.get("/api/tasks", headers=auth).get_json()["data"]) == 1

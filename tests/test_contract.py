@@ -17,6 +17,7 @@ TASK_KEYS = {
     "created_at",
     "updated_at",
     "due_date",
+    "due_all_day",
     "recurrence_pattern",
     "is_recurring",
     "remind_at",

@@ -60,6 +60,8 @@ SEED_TASKS = [
     },
     {"title": "yearly", "recurrence_pattern": "yearly", "due_date": "2026-12-31T23:00:00-05:00"},
     {"title": "weekly", "recurrence_pattern": "weekly", "due_date": "1900-01-01T00:00:00Z"},
+    {"title": "all day", "recurrence_pattern": "monthly", "due_date": "2026-01-31", "remind_at": "2026-01-30T18:00"},
+    {"title": "wall clock", "recurrence_pattern": "daily", "due_date": "2026-03-28T02:30"},
 ]
 
 # What the run saw, per operation: how many cases, and their status codes.

@@ -1,11 +1,12 @@
 """The schema is built by migrations only, and they go both ways without losing rows."""
 
 import pytest
+from conftest import user_id_of
 from sqlalchemy import inspect, text
 
 from todo_api.database import current_revision, downgrade, get_engine, upgrade
 
-HEAD = "0006"
+HEAD = "0007"
 
 
 def task_indexes(engine):
@@ -110,3 +111,69 @@ def test_settings_and_push_tables_come_and_go_with_their_revision(app, client, a
     assert current_revision(engine) == HEAD
     assert [task["title"] for task in client.get("/api/tasks", headers=auth).get_json()["data"]] == ["survives"]
     assert client.get("/api/settings", headers=auth).get_json() == {"data": {"time_zone": "UTC"}}
+
+
+def test_wall_clock_columns_keep_every_existing_row(app, client, auth, token, create_task):
+    """Rows from before 0007 were given with an offset: they stay instants, shown as before."""
+    engine = get_engine(app)
+    kept = create_task(title="kept", due_date="2026-06-01T09:00:00+02:00", remind_at="2026-06-01T06:00:00Z")
+    downgrade(engine, "0006")
+    columns = {column["name"] for column in inspect(engine).get_columns("task")}
+    assert not columns & {"due_all_day", "due_local", "remind_local"}
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO task (user_id, title, completed, priority, tags, created_at, updated_at, due_date,"
+                " recurrence_pattern, remind_at, reminder_sent) VALUES (:user_id, 'old', false, 'high', '[]',"
+                " '2026-01-01 10:00:00', '2026-01-01 10:00:00', '2026-01-31 09:00:00', 'monthly', NULL, false)"
+            ),
+            {"user_id": user_id_of(app, token)},
+        )
+    upgrade(engine)
+    assert client.get(f"/api/tasks/{kept['id']}", headers=auth).get_json() == {"data": kept}
+    old = client.get("/api/tasks?q=old", headers=auth).get_json()["data"][0]
+    assert (old["due_date"], old["due_all_day"], old["remind_at"], old["is_recurring"]) == (
+        "2026-01-31T09:00:00+00:00",
+        False,
+        None,
+        True,
+    )
+    following = client.patch(f"/api/tasks/{old['id']}/complete", headers=auth).get_json()["next_task"]
+    assert (following["due_date"], following["due_all_day"]) == ("2026-02-28T09:00:00+00:00", False)
+
+
+def test_a_wall_clock_date_downgraded_keeps_its_instant(app, client, auth, create_task):
+    engine = get_engine(app)
+    assert client.put("/api/settings", headers=auth, json={"time_zone": "Europe/Berlin"}).status_code == 200
+    all_day = create_task(due_date="2026-01-30")
+    downgrade(engine, "0006")
+    upgrade(engine)
+    shown = client.get(f"/api/tasks/{all_day['id']}", headers=auth).get_json()["data"]
+    assert (shown["due_date"], shown["due_all_day"]) == ("2026-01-29T23:00:00+00:00", False)
+
+
+def test_user_settings_have_their_own_table_keyed_by_user(app, client, auth):
+    engine = get_engine(app)
+    assert inspect(engine).get_pk_constraint("user_settings")["constrained_columns"] == ["user_id"]
+    columns = {column["name"]: column["nullable"] for column in inspect(engine).get_columns("user_settings")}
+    assert columns == {"user_id": False, "time_zone": False, "updated_at": False}
+    downgrade(engine, "0004")
+    assert "user_settings" not in inspect(engine).get_table_names()
+    upgrade(engine)
+    assert client.get("/api/settings", headers=auth).get_json() == {"data": {"time_zone": "UTC"}}
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_the_time_zone_functions_come_and_go_with_0007(app):
+    engine = get_engine(app)
+
+    def functions():
+        with engine.connect() as connection:
+            query = "SELECT proname FROM pg_proc WHERE proname IN ('todo_day_start', 'todo_local_to_utc') ORDER BY 1"
+            return connection.execute(text(query)).scalars().all()
+
+    assert functions() == ["todo_day_start", "todo_local_to_utc"]
+    downgrade(engine, "0006")
+    assert functions() == []
+    upgrade(engine)
+    assert functions() == ["todo_day_start", "todo_local_to_utc"]

@@ -8,6 +8,8 @@ a user with 40,000 tasks, added for them, with the word in the transaction's
 setting as the service sends it.
 """
 
+from datetime import datetime
+
 import pytest
 from conftest import ADMIN_URL, base_config
 from sqlalchemy import create_engine, text
@@ -16,16 +18,18 @@ from sqlalchemy.dialects import postgresql
 from todo_api import create_app, listing
 from todo_api.database import get_engine, normalize_url, transaction
 from todo_api.models import create_schema
+from todo_api.schemas import WallClock
 from todo_api.token_digest import token_digest
 
 FILL = text("""
     INSERT INTO task (user_id, title, description, completed, priority, category, tags,
-                      created_at, updated_at, due_date, reminder_sent)
+                      created_at, updated_at, due_date, reminder_sent, due_all_day, due_local)
     SELECT CASE WHEN g % 4 = 0 THEN 'user-7' ELSE 'user-' || (g % 40) END,
            'title ' || g, 'description ' || g, g % 3 = 0,
            (ARRAY['low', 'medium', 'high'])[g % 3 + 1]::taskpriority, 'c' || (g % 7), '["t"]',
            now() - g * interval '1 minute', now() - g * interval '1 second',
-           CASE WHEN g % 5 = 0 THEN NULL ELSE now() + g * interval '1 hour' END, false
+           CASE WHEN g % 5 = 0 THEN NULL ELSE now() + (g - 10000) * interval '1 hour' END, false,
+           g % 5 = 1, CASE WHEN g % 5 = 1 THEN date_trunc('day', now() + (g - 10000) * interval '1 hour') END
     FROM generate_series(1, 40000) AS g
 """)
 FILL_SESSIONS = text("""
@@ -34,6 +38,10 @@ FILL_SESSIONS = text("""
     INSERT INTO "session" (id, "expiresAt", token, "updatedAt", "userId")
     SELECT 'session-' || g, now() + interval '7 days', 'token-' || g, now(), 'user-' || (g % 40)
     FROM generate_series(1, 20000) AS g
+""")
+SETTINGS = text("""
+    INSERT INTO user_settings (user_id, time_zone, updated_at)
+    SELECT 'user-' || g, 'Europe/Berlin', now() FROM generate_series(0, 39) AS g
 """)
 
 
@@ -48,12 +56,15 @@ def explain(postgres_url):
     connection = get_engine(app).connect()
     connection.execute(FILL)
     connection.execute(FILL_SESSIONS)
+    connection.execute(SETTINGS)
     connection.execute(text("ANALYZE task"))
+    connection.execute(text("ANALYZE user_settings"))
     connection.execute(text('ANALYZE "session"'))
     cursors = app.extensions["todo_api.cursors"]
     lookup_sql = str(app.extensions["todo_api.session_lookup"].compile(dialect=connection.dialect))
 
     def plan(user_id="user-7", **query):
+        query = listing.placed_in_zone(connection, user_id, query)  # as find_tasks does
         statement = listing.list_statement(user_id, query, "postgresql", cursors)
         sql = statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
         if "q" not in query:
@@ -156,3 +167,59 @@ def test_the_session_lookup_is_an_index_scan_by_token_digest(explain):
     assert "Index Scan using ix_session_token_digest on session" in plan[0], plan
     assert plan[1].strip().startswith("Index Cond: (todo_api_token_digest(token) = '\\x"), plan
     assert 'Filter: ("expiresAt" > now())' in plan[2], plan
+
+
+def assert_task_range_scan(plan, index):
+    """The task rows come from one index range scan of the caller's rows, in the index's order;
+    the caller's time zone, when the filter needs it, is read once beside it (an InitPlan)."""
+    lines = plan.splitlines()
+    (scan,) = [n for n, line in enumerate(lines) if " on task " in line]
+    scanned = {f"Index Scan using {index} on task", f"Index Scan Backward using {index} on task"}
+    assert any(kind in lines[scan] for kind in scanned), plan
+    assert "Index Cond:" in lines[scan + 1] and "(user_id)::text = 'user-7'::text" in lines[scan + 1], plan
+    assert "Sort" not in plan and "Seq Scan on task" not in plan, plan
+    return lines[scan + 1]
+
+
+@pytest.mark.parametrize("limit", [50, 200])
+@pytest.mark.parametrize(
+    ("sort", "index"),
+    [
+        ({}, "ix_task_user_created"),
+        ({"sort_by": "due_date", "sort_order": "asc"}, "ix_task_user_due_asc"),
+        ({"sort_by": "due_date", "sort_order": "desc"}, "ix_task_user_due_desc"),
+    ],
+)
+@pytest.mark.parametrize("overdue", [True, False])
+def test_overdue_in_the_users_zone_keeps_one_range_scan(explain, overdue, sort, index, limit):
+    plan = explain(overdue=overdue, limit=limit, **sort)
+    assert_task_range_scan(plan, index)
+    assert "InitPlan" in plan and "user_settings" in plan, plan
+
+
+@pytest.mark.parametrize("sort_order", ["asc", "desc"])
+@pytest.mark.parametrize(
+    "bounds",
+    [
+        {"due_before": WallClock(datetime(2030, 1, 1), True)},
+        {"due_after": WallClock(datetime(2027, 6, 1, 9, 30), False)},
+        {"due_after": WallClock(datetime(2027, 1, 1), True), "due_before": datetime(2030, 1, 1)},
+    ],
+)
+def test_a_wall_clock_bound_is_part_of_the_index_range(explain, bounds, sort_order):
+    plan = explain(sort_by="due_date", sort_order=sort_order, **bounds)
+    condition = assert_task_range_scan(plan, f"ix_task_user_due_{sort_order}")
+    berlin = {
+        "2030-01-01": "2029-12-31 23:00:00",
+        "2027-06-01": "2027-06-01 07:30:00",
+        "2027-01-01": "2026-12-31 23:00:00",
+    }
+    for bound in bounds.values():
+        instant = berlin[bound.local.date().isoformat()] if isinstance(bound, WallClock) else str(bound)
+        assert f"'{instant}'::timestamp without time zone" in condition, plan
+
+
+def test_a_wall_clock_bound_on_another_sort_filters_a_range_scan(explain):
+    plan = explain(due_before=WallClock(datetime(2030, 1, 1), True), limit=50)
+    assert_task_range_scan(plan, "ix_task_user_created")
+    assert "Filter: (due_date < '2029-12-31 23:00:00'::timestamp without time zone)" in plan, plan

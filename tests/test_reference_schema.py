@@ -141,6 +141,7 @@ def test_reference_rows_are_read_and_served_unchanged(fresh_database, build_app)
         "created_at": "2025-01-02T03:04:05.678901+00:00",
         "updated_at": "2025-01-02T03:04:05.678901+00:00",
         "due_date": None,
+        "due_all_day": False,
         "recurrence_pattern": None,
         "is_recurring": False,
         "remind_at": None,

@@ -21,7 +21,6 @@ from private_postgres import PrivateCluster, free_port, missing_requirement
 from push_service import PushService, b64url_decode
 from sqlalchemy import create_engine, func, insert, select, text
 from sqlalchemy.dialects import postgresql
-from test_query_plans import FILL
 
 from todo_api import create_app
 from todo_api.cli import create_user_session
@@ -50,6 +49,19 @@ VAPID = {
 PUSH_CONFIG = {**VAPID, "PUSH_ALLOW_INSECURE_ENDPOINTS": True, "REMINDER_PUSH_THREADS": 4, "PUSH_TIMEOUT_SECONDS": 2}
 # The worker's clock in most tests: 2030-03-10 (a Sunday) 16:05 UTC.
 NOW = datetime(2030, 3, 10, 16, 5)
+
+
+# 40,000 tasks of 40 users, due in the coming hours and days, none reminded yet.
+FILL = text("""
+    INSERT INTO task (user_id, title, description, completed, priority, category, tags,
+                      created_at, updated_at, due_date, reminder_sent)
+    SELECT CASE WHEN g % 4 = 0 THEN 'user-7' ELSE 'user-' || (g % 40) END,
+           'title ' || g, 'description ' || g, g % 3 = 0,
+           (ARRAY['low', 'medium', 'high'])[g % 3 + 1]::taskpriority, 'c' || (g % 7), '["t"]',
+           now() - g * interval '1 minute', now() - g * interval '1 second',
+           CASE WHEN g % 5 = 0 THEN NULL ELSE now() + g * interval '1 hour' END, false
+    FROM generate_series(1, 40000) AS g
+""")
 
 
 def at(**delta):

@@ -19,10 +19,14 @@ def test_due_date_is_stored_as_utc_with_an_offset(create_task):
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"due_date": "2026-03-01T10:00:00"}, "due_date"),
+        ({"due_date": "2026-03-01T10"}, "due_date"),
+        ({"due_date": "2026-02-30"}, "due_date"),
+        ({"due_date": "2026-03-01T24:00"}, "due_date"),
         ({"due_date": "next week"}, "due_date"),
         ({"due_date": "0001-01-01T00:00:00+01:00"}, "due_date"),
-        ({"remind_at": "2026-03-01"}, "remind_at"),
+        ({"due_date": "1899-12-31"}, "due_date"),
+        ({"remind_at": "20260301"}, "remind_at"),
+        ({"remind_at": "2026-03-01 10:00"}, "remind_at"),
         ({"recurrence_pattern": "hourly", "due_date": "2026-03-01T10:00:00Z"}, "recurrence_pattern"),
         ({"recurrence_pattern": "daily"}, "due_date"),
         ({"recurrence_pattern": "daily", "due_date": None}, "due_date"),

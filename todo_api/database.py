@@ -24,6 +24,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from . import token_digest
+from .timezones import register_sqlite_functions
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 
@@ -146,6 +147,7 @@ def _sqlite_engine(url):
         cursor.close()
         dbapi_connection.create_function("advance_timestamp", 2, advance_timestamp_text, deterministic=True)
         dbapi_connection.create_function(token_digest.FUNCTION, 1, token_digest.sqlite_token_digest, deterministic=True)
+        register_sqlite_functions(dbapi_connection)
 
     return engine
 

@@ -17,6 +17,17 @@ for the transaction with `set_config` and read by `current_setting`, so when
 the SELECT is cancelled (by the search's own statement timeout) the
 statement Postgres writes to its log holds no search word. On SQLite, which
 has no server log, it is a LIKE with a bound pattern (wildcards escaped).
+
+OFFSET. Every value a user sends is a bound parameter; `q` is matched
+literally (LIKE wildcards are escaped).
+
+Due dates sort and filter by their instants. `overdue` reads the caller's time
+zone in the list's own statement (an uncorrelated subquery, computed once). A
+due_before/due_after given without an offset is placed in the caller's zone
+before the statement is built, so the planner sees the bound it plans the
+index range with (a bound computed by the statement itself is unknown to it,
+and it then guesses the range nearly empty and sorts); that costs one indexed
+lookup of the zone, for those lists only.
 """
 
 import logging
@@ -26,14 +37,15 @@ import orjson
 from itsdangerous import BadSignature, URLSafeSerializer
 from marshmallow import ValidationError
 from psycopg2.errors import QueryCanceled
-from sqlalchemy import Text, and_, exists, func, literal, literal_column, or_, select, tuple_
+from sqlalchemy import DateTime, Text, and_, exists, func, literal, literal_column, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import ServiceUnavailable
 
 from .database import transaction
-from .models import MAX_TASK_ID, PRIORITIES, task, utcnow
-from .schemas import storable_text
+from .models import MAX_TASK_ID, PRIORITIES, task, time_zone_name_sql, time_zone_of, utcnow
+from .schemas import WallClock, storable_text
+from .timezones import local_to_utc
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +73,9 @@ def escape_like(value):
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def filters(query, dialect):
-    """SQL conditions for the filters in a validated list query."""
+def filters(query, dialect, user_id):
+    """SQL conditions for the filters in a validated list query of this user's tasks
+    (its due_before and due_after already instants: see `placed_in_zone`)."""
     conditions = []
     status = query.get("status", "all")
     if status != "all":
@@ -81,7 +94,14 @@ def filters(query, dialect):
         conditions.append(task.c.due_date > query["due_after"])
     now = utcnow()
     if query.get("overdue") is not None:
-        overdue = and_(task.c.due_date < now, task.c.completed.is_(False))
+        # An all-day task is overdue once its day has ended in the caller's zone.
+        zone_name = time_zone_name_sql(user_id)
+        today_began = select(func.todo_day_start(zone_name, literal(now, DateTime), type_=DateTime)).scalar_subquery()
+        overdue = and_(
+            task.c.due_date < now,
+            task.c.completed.is_(False),
+            or_(task.c.due_all_day.is_(False), task.c.due_date < today_began),
+        )
         conditions.append(overdue if query["overdue"] else ~overdue | task.c.due_date.is_(None))
     if query.get("reminder_due") is not None:
         due = and_(task.c.remind_at <= now, task.c.reminder_sent.is_(False))
@@ -197,7 +217,7 @@ def list_statement(user_id, query, dialect, cursors):
     sort_by, descending, limit = sort_of(query)
     statement = (
         select(task)
-        .where(task.c.user_id == user_id, *filters(query, dialect))
+        .where(task.c.user_id == user_id, *filters(query, dialect, user_id))
         .order_by(*order_by(sort_by, descending))
         .limit(limit + 1)
     )
@@ -207,7 +227,19 @@ def list_statement(user_id, query, dialect, cursors):
 
 
 def sort_of(query):
+    """(sort key, descending, page size). `GET /api/tasks` defaults to newest first; `filter-sort`
+    sets `sort_order` to `asc` when absent, as the frontend's own backend did."""
     return query.get("sort_by", "created_at"), query.get("sort_order", "desc") == "desc", query.get("limit") or CEILING
+
+
+def placed_in_zone(db, user_id, query):
+    """The query, with a due_before/due_after given as a date or a wall-clock time turned into
+    the instant it stands for in the user's zone (a date: the moment its day begins)."""
+    wall_clock = {name: query[name] for name in ("due_before", "due_after") if isinstance(query.get(name), WallClock)}
+    if not wall_clock:
+        return query
+    time_zone = time_zone_of(db, user_id)
+    return {**query, **{name: local_to_utc(value.local, time_zone) for name, value in wall_clock.items()}}
 
 
 class SearchTooSlow(ServiceUnavailable):
@@ -228,7 +260,7 @@ def find_tasks(db, user_id, query, cursors, search_timeout_ms=0):
     `search_timeout_ms` (0: the database's default statement timeout), and a
     cancelled search is `SearchTooSlow`.
     """
-    statement = list_statement(user_id, query, db.dialect.name, cursors)
+    statement = list_statement(user_id, placed_in_zone(db, user_id, query), db.dialect.name, cursors)
     if not query.get("q") or db.dialect.name != "postgresql":
         return db.execute(statement).all()
     options = {"statement_timeout_ms": search_timeout_ms} if search_timeout_ms else {}

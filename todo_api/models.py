@@ -5,6 +5,12 @@ The `task` table keeps the reference backend's names and types (native enum
 service reads a database the reference created without migrating a row. Its
 schema is built by the migrations in `migrations/`; this module only queries.
 
+Due dates and reminders given without an offset are times on the user's wall
+clock, in the time zone of their `user_settings` (UTC without a row): see
+`timezones`. A create computes their instants in its one statement, which
+reads the zone itself; an update, which needs a transaction anyway, reads the
+zone there; statements that need no zone never read it.
+
 Every statement that touches a task filters by the caller's user id in SQL.
 Statements are built once at import; SQLAlchemy caches their compiled form.
 """
@@ -33,13 +39,16 @@ from sqlalchemy import (
     func,
     insert,
     not_,
+    or_,
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from werkzeug.exceptions import NotFound, PreconditionFailed
 
 from . import token_digest
 from .database import advanced, transaction, unexpired, upgrade
+from .timezones import DEFAULT_TIME_ZONE, local_to_utc, utc_to_local, zone
 
 PRIORITIES = ("low", "medium", "high")
 # SERIAL is a 4-byte integer; larger ids cannot exist, so they are not looked up.
@@ -64,6 +73,10 @@ task = Table(
     Column("recurrence_pattern", String(10)),
     Column("remind_at", DateTime),
     Column("reminder_sent", Boolean, nullable=False),
+    # Given without an offset: the wall-clock value as given (see migration 0007).
+    Column("due_all_day", Boolean, nullable=False),
+    Column("due_local", DateTime),
+    Column("remind_local", DateTime),
 )
 RECURRENCE_PATTERNS = ("daily", "weekly", "monthly", "yearly")
 RECURRING_NEEDS_DUE_DATE = "A recurring task needs a due date."
@@ -185,6 +198,68 @@ def session_lookup(config):
     )
 
 
+# -- Time zones ----------------------------------------------------------------
+
+
+def time_zone_name_sql(owner):
+    """SQL: the name of the owner's time zone, UTC when they have set none."""
+    chosen = select(user_settings.c.time_zone).where(user_settings.c.user_id == owner).scalar_subquery()
+    return func.coalesce(chosen, DEFAULT_TIME_ZONE)
+
+
+def local_to_utc_sql(zone_name, local):
+    """SQL: the UTC instant of a wall-clock time in a zone (`timezones` has the rule); NULL for NULL."""
+    return func.todo_local_to_utc(zone_name, local, type_=DateTime)
+
+
+_TIME_ZONE_NAME = select(time_zone_name_sql(bindparam("owner_id")))
+
+
+def time_zone_name_of(db, user_id):
+    return db.execute(_TIME_ZONE_NAME, {"owner_id": user_id}).scalar_one()
+
+
+def time_zone_of(db, user_id):
+    """The user's time zone, as a ZoneInfo."""
+    return zone(time_zone_name_of(db, user_id))
+
+
+def _store_time_zone(dialect_insert):
+    statement = dialect_insert(user_settings).values(
+        user_id=bindparam("owner_id"), time_zone=bindparam("zone_name"), updated_at=bindparam("now")
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[user_settings.c.user_id],
+        set_={"time_zone": statement.excluded.time_zone, "updated_at": statement.excluded.updated_at},
+    )
+
+
+_STORE_TIME_ZONE = {"postgresql": _store_time_zone(postgresql.insert), "sqlite": _store_time_zone(sqlite.insert)}
+# Tasks on the wall clock keep their day and time in the new zone: their instants move.
+_FOLLOW_TIME_ZONE = (
+    update(task)
+    .where(
+        task.c.user_id == bindparam("owner_id"), or_(task.c.due_local.is_not(None), task.c.remind_local.is_not(None))
+    )
+    .values(
+        due_date=func.coalesce(local_to_utc_sql(bindparam("zone_name"), task.c.due_local), task.c.due_date),
+        remind_at=func.coalesce(local_to_utc_sql(bindparam("zone_name"), task.c.remind_local), task.c.remind_at),
+    )
+)
+
+
+def change_time_zone(db, user_id, zone_name):
+    """Set the user's time zone; in the same transaction, move the instants of their wall-clock tasks.
+
+    Tasks given with an offset keep their instants. The tasks' shown values do
+    not change, and neither do their versions (`updated_at`, the ETag).
+    """
+    params = {"owner_id": user_id, "zone_name": zone_name}
+    with transaction(db):
+        db.execute(_STORE_TIME_ZONE[db.dialect.name], {**params, "now": utcnow()})
+        db.execute(_FOLLOW_TIME_ZONE, params)
+
+
 # -- Task queries ------------------------------------------------------------
 
 
@@ -206,6 +281,26 @@ def _if_version(statement):
 _NEXT_UPDATED_AT = advanced(task.c.updated_at, bindparam("now", type_=DateTime))
 
 _INSERT = insert(task).returning(*task.c)
+# A create with a wall-clock due date or reminder: their instants are computed in the
+# statement, in the owner's zone. `given_*` carry either an instant or a wall-clock time.
+_OWNER_TIME_ZONE = time_zone_name_sql(bindparam("owner_id"))
+_INSERT_ON_THE_WALL_CLOCK = (
+    insert(task)
+    .values(
+        due_date=func.coalesce(
+            bindparam("given_due_date", type_=DateTime),
+            local_to_utc_sql(_OWNER_TIME_ZONE, bindparam("given_due_local", type_=DateTime)),
+        ),
+        due_local=bindparam("given_due_local", type_=DateTime),
+        remind_at=func.coalesce(
+            bindparam("given_remind_at", type_=DateTime),
+            local_to_utc_sql(_OWNER_TIME_ZONE, bindparam("given_remind_local", type_=DateTime)),
+        ),
+        remind_local=bindparam("given_remind_local", type_=DateTime),
+    )
+    .returning(*task.c)
+)
+_GIVEN = {name: f"given_{name}" for name in ("due_date", "due_local", "remind_at", "remind_local")}
 _SELECT = _owned(select(task))
 _SELECT_FOR_UPDATE = _SELECT.with_for_update()
 # Fast paths for tasks that do not recur: one statement, no transaction. A
@@ -290,8 +385,11 @@ def create_task(db, user_id, fields):
         "category": None,
         "tags": [],
         "due_date": None,
+        "due_all_day": False,
+        "due_local": None,
         "recurrence_pattern": None,
         "remind_at": None,
+        "remind_local": None,
         **fields,
         "user_id": user_id,
         "completed": False,
@@ -299,7 +397,10 @@ def create_task(db, user_id, fields):
         "created_at": now,
         "updated_at": now,
     }
-    return db.execute(_INSERT, values).one()
+    if values["due_local"] is None and values["remind_local"] is None:
+        return db.execute(_INSERT, values).one()
+    given = {_GIVEN.get(name, name): value for name, value in values.items()}
+    return db.execute(_INSERT_ON_THE_WALL_CLOCK, {**given, "owner_id": user_id}).one()
 
 
 def get_task(db, user_id, task_id):
@@ -371,7 +472,10 @@ def change_task(db, user_id, task_id, changes_for, versions=None):
     with transaction(db):
         current = owned_task(db, _SELECT_FOR_UPDATE, user_id, task_id)
         _check_version(current, versions)
-        changes = changes_for(current)
+        # Read after the row is locked, and only when needed: a zone change that
+        # moved this task has committed by now, or waits for this transaction.
+        time_zone = functools.cache(lambda: time_zone_of(db, user_id))
+        changes = on_the_wall_clock(changes_for(current), time_zone)
         after = {**current._mapping, **changes}
         if after["recurrence_pattern"] and after["due_date"] is None:
             raise ValidationError({"due_date": [RECURRING_NEEDS_DUE_DATE]})
@@ -383,7 +487,7 @@ def change_task(db, user_id, task_id, changes_for, versions=None):
         row = owned_task(db, statement, user_id, task_id, now=utcnow())
         next_task = None
         if row.completed and not current.completed and row.recurrence_pattern:
-            upcoming = next_occurrence(row)
+            upcoming = next_occurrence(row, time_zone())
             if upcoming is not None:
                 next_task = db.execute(_INSERT, upcoming).one()
     return row, next_task
@@ -397,18 +501,38 @@ def reminder_moved(current, after):
     return after["remind_at"] is None and after["due_date"] != current.due_date
 
 
-def next_occurrence(row):
+def on_the_wall_clock(changes, time_zone):
+    """The changes, with the instants of wall-clock values computed in the user's zone.
+
+    `time_zone()` gives the zone; it is called only when a change needs it.
+    """
+    for instant, local in (("due_date", "due_local"), ("remind_at", "remind_local")):
+        if changes.get(local) is not None:
+            changes = {**changes, instant: local_to_utc(changes[local], time_zone())}
+    return changes
+
+
+def next_occurrence(row, time_zone):
     """The values of a recurring task's next occurrence.
 
-    The due date moves by calendar rules (31 January + 1 month is 28 or 29
-    February; 29 February + 1 year is 28 February); a reminder keeps its
-    distance from the due date. None when it would fall past the calendar's
-    end (the year 9999): the series ends there.
+    The due date moves on the wall clock of the user's zone, so a weekly 09:00
+    stays 09:00 across daylight-saving changes, also for a task given with an
+    offset (its instant is read in the zone, moved, and converted back); by
+    calendar rules (31 January + 1 month is 28 or 29 February; 29 February + 1
+    year is 28 February). An all-day task stays all day. A reminder keeps its
+    wall-clock distance from the due date. None when it would fall past the
+    calendar's end (the year 9999): the series ends there.
     """
     step = RECURRENCE_STEPS[row.recurrence_pattern]
     try:
-        due_date = row.due_date + step
-        remind_at = None if row.remind_at is None else row.remind_at + (due_date - row.due_date)
+        due_clock = row.due_local if row.due_local is not None else utc_to_local(row.due_date, time_zone)
+        next_due_clock = due_clock + step
+        due_date = local_to_utc(next_due_clock, time_zone)
+        remind_at = remind_clock = None
+        if row.remind_at is not None:
+            remind_clock = row.remind_local if row.remind_local is not None else utc_to_local(row.remind_at, time_zone)
+            remind_clock = next_due_clock + (remind_clock - due_clock)
+            remind_at = local_to_utc(remind_clock, time_zone)
     except (ValueError, OverflowError):  # year 10000
         return None
     now = utcnow()
@@ -421,8 +545,11 @@ def next_occurrence(row):
         "category": row.category,
         "tags": row.tags,
         "due_date": due_date,
+        "due_all_day": row.due_all_day,
+        "due_local": next_due_clock if row.due_local is not None else None,
         "recurrence_pattern": row.recurrence_pattern,
         "remind_at": remind_at,
+        "remind_local": remind_clock if row.remind_local is not None else None,
         "reminder_sent": False,
         "created_at": now,
         "updated_at": now,

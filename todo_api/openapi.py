@@ -30,6 +30,7 @@ from .schemas import (
     SearchQuerySchema,
     SettingsEnvelopeSchema,
     SettingsSchema,
+    ShownMoment,
     StatusSchema,
     SubscriptionEnvelopeSchema,
     TaskCreateSchema,
@@ -39,6 +40,7 @@ from .schemas import (
     TaskUpdateSchema,
     UnsubscribedEnvelopeSchema,
     UnsubscribeSchema,
+    UtcInput,
     subscription_schemas,
 )
 
@@ -280,6 +282,16 @@ OPERATIONS = {
         },
         validated=True,
     ),
+    "tasks.filter_sort_tasks": api(
+        {
+            "summary": "List tasks, oldest first",
+            "description": "The list, as the frontend's filter and sort controls call it: the same parameters, but "
+            "`sort_order` defaults to `asc`.",
+            "parameters": LIST_QUERY,
+            "responses": {"200": TASK_LIST},
+        },
+        validated=True,
+    ),
     "tasks.search_tasks": api(
         {
             "summary": "Search tasks",
@@ -364,8 +376,9 @@ OPERATIONS = {
     ),
     "settings.put_settings": api(
         {
-            "summary": "Save the caller's settings",
-            "description": "Reminders show due times in `time_zone`.",
+            "summary": "Set the caller's time zone",
+            "description": "Due dates and reminders given without an offset keep their day and time on the wall "
+            "clock of the new zone; those given with an offset keep their instant. Reminders show times in it.",
             "requestBody": json_body(SettingsSchema, "The settings; unknown fields are ignored."),
             "responses": {"200": ok("The settings as saved.", SettingsEnvelopeSchema)},
         },
@@ -433,12 +446,15 @@ def build_document(app):
         },
         tags=[
             {"name": "tasks", "description": "The caller's tasks."},
-            {"name": "settings", "description": "The caller's settings."},
+            {"name": "settings", "description": "The caller's settings: the time zone."},
             {"name": "notifications", "description": "The caller's Web Push subscriptions, for reminders."},
             {"name": "service", "description": "Health and documentation; no session needed."},
         ],
     )
     marshmallow.converter.add_parameter_attribute_function(comma_list_parameter)
+    # Due dates take and show forms beyond RFC 3339's date-time (a date, a time without an offset).
+    marshmallow.map_to_openapi_type(UtcInput, "string", None)
+    marshmallow.map_to_openapi_type(ShownMoment, "string", None)
     for name, scheme in SECURITY_SCHEMES.items():
         spec.components.security_scheme(name, scheme)
     spec.components.schema("Error", schema=ErrorSchema)

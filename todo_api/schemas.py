@@ -5,13 +5,15 @@ and never accept `id`, `user_id`, `created_at` or `updated_at`.
 """
 
 import functools
-from datetime import UTC
-from zoneinfo import available_timezones
+import re
+from datetime import UTC, datetime
+from typing import NamedTuple
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from . import webpush
 from .models import PRIORITIES, RECURRENCE_PATTERNS, RECURRING_NEEDS_DUE_DATE
+from .timezones import TIME_ZONES
 
 TITLE_MAX = 255
 DESCRIPTION_MAX = 10_000
@@ -53,16 +55,43 @@ class StrictBoolean(fields.Boolean):
         raise self.make_error("invalid")
 
 
+def empty_is_null(value):
+    """The frontend sends `""` for a field left empty: it means null."""
+    return None if value == "" else value
+
+
+class WallClock(NamedTuple):
+    """A date or date-time given without an offset: a time on the user's wall clock."""
+
+    local: datetime  # naive; midnight for a calendar date
+    all_day: bool  # given as a calendar date
+
+
+# YYYY-MM-DD, or YYYY-MM-DDTHH:MM[:SS[.ffffff]]: what <input type="date"> and "datetime-local" give.
+WALL_CLOCK = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?:T([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,6}))?)?)?"
+)
+WHEN_FORMS = (
+    "ISO-8601 with an offset (`2026-01-30T10:00:00+01:00`, kept as that instant and shown in UTC), a calendar "
+    "date `2026-01-30` (all day, on the user's calendar), or a date and time without an offset "
+    "`2026-01-30T10:00[:SS[.ffffff]]` (on the user's wall clock, in their time zone; shown as given)."
+)
+
+
 class UtcInput(fields.AwareDateTime):
-    """An ISO-8601 datetime with an offset (a naive one is refused), stored as naive UTC."""
+    """A moment: ISO-8601 with an offset, stored as naive UTC; or, without an offset, a
+    `WallClock` (a calendar date, or a date and time) for the user's time zone to place."""
 
     MIN_YEAR, MAX_YEAR = 1900, 9998  # room to advance a recurring task by a year
+    default_error_messages = {"invalid_date": "Not a valid date."}
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("metadata", {"description": "ISO-8601 with an offset; years 1900 to 9998 in UTC."})
+        kwargs.setdefault("metadata", {"description": f"{WHEN_FORMS} Years 1900 to 9998."})
         super().__init__(format="iso", **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and (match := WALL_CLOCK.fullmatch(value)):
+            return self.wall_clock(match)
         aware = super()._deserialize(value, attr, data, **kwargs)
         # Checked before converting (9999-12-31T23:00-05:00 has no UTC form) and after
         # (9998-12-31T23:00-05:00 is already 9999 in UTC, with no room left to recur).
@@ -73,9 +102,54 @@ class UtcInput(fields.AwareDateTime):
             raise ValidationError(self.out_of_range)
         return utc
 
+    def wall_clock(self, match):
+        all_day = match[4] is None
+        year, month, day, hour, minute, second, fraction = match.groups(default="0")
+        try:
+            local = datetime(
+                int(year), int(month), int(day), int(hour), int(minute), int(second), int(fraction.ljust(6, "0"))
+            )
+        except ValueError:
+            raise self.make_error("invalid_date" if all_day else "invalid", obj_type="datetime") from None
+        if not self.MIN_YEAR <= local.year <= self.MAX_YEAR:
+            raise ValidationError(f"Must be between the years {self.MIN_YEAR} and {self.MAX_YEAR}.")
+        return WallClock(local, all_day)
+
     @property
     def out_of_range(self):
         return f"Must be between the years {self.MIN_YEAR} and {self.MAX_YEAR} (in UTC)."
+
+
+# Where each moment a body may carry is stored: (instant column, wall-clock column, all-day column).
+MOMENT_COLUMNS = {
+    "due_date": ("due_date", "due_local", "due_all_day"),
+    "remind_at": ("remind_at", "remind_local", None),
+}
+
+
+def stored_moments(data, replacing):
+    """Body fields to columns: an instant goes to `due_date`/`remind_at`, a wall-clock
+    value to `due_local`/`remind_local` (its instant is computed in the user's zone
+    when it is written). `replacing` (an update) also clears what the old value kept.
+
+    A create with instants only has exactly the fields it always had, so
+    Idempotency-Key fingerprints stored before wall-clock dates existed still match.
+    """
+    for field, (instant, local, all_day) in MOMENT_COLUMNS.items():
+        if field not in data:
+            continue
+        value = data.pop(field)
+        if isinstance(value, WallClock):
+            data[local] = value.local
+            if all_day:
+                data[all_day] = value.all_day
+            continue
+        data[instant] = value
+        if replacing:
+            data[local] = None
+            if all_day:
+                data[all_day] = False
+    return data
 
 
 class CommaList(fields.List):
@@ -105,6 +179,21 @@ class UtcDateTime(fields.DateTime):
         return value.astimezone(UTC).isoformat()
 
 
+class ShownMoment(UtcDateTime):
+    """A due date or reminder: as given on the wall clock (no offset) when it was given
+    so, else its instant in UTC with an offset."""
+
+    def __init__(self, local_attribute, **kwargs):
+        super().__init__(**kwargs)
+        self.local_attribute = local_attribute
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        local = self.get_value(obj, self.local_attribute)
+        if local is not None:
+            return local.isoformat()
+        return super()._serialize(value, attr, obj, **kwargs)
+
+
 def _task_fields():
     return {
         "title": text(TITLE_MAX, min_length=1, required=True),
@@ -112,9 +201,14 @@ def _task_fields():
         "priority": fields.String(validate=validate.OneOf(PRIORITIES)),
         "category": text(CATEGORY_MAX, allow_none=True),
         "tags": fields.List(text(TAG_MAX, min_length=1), validate=validate.Length(max=TAGS_MAX)),
-        "due_date": UtcInput(allow_none=True),
-        "recurrence_pattern": fields.String(allow_none=True, validate=validate.OneOf(RECURRENCE_PATTERNS)),
-        "remind_at": UtcInput(allow_none=True),
+        "due_date": UtcInput(allow_none=True, pre_load=[empty_is_null]),
+        "recurrence_pattern": fields.String(
+            allow_none=True,
+            validate=validate.OneOf(RECURRENCE_PATTERNS),
+            pre_load=[empty_is_null],
+            metadata={"description": '`""` means null.', "enum": [*RECURRENCE_PATTERNS, "", None]},
+        ),
+        "remind_at": UtcInput(allow_none=True, pre_load=[empty_is_null]),
     }
 
 
@@ -127,6 +221,10 @@ class TaskCreateSchema(Schema.from_dict(_task_fields())):
         if data.get("recurrence_pattern") and data.get("due_date") is None:
             raise ValidationError(RECURRING_NEEDS_DUE_DATE, "due_date")
 
+    @post_load
+    def to_columns(self, data, **kwargs):
+        return stored_moments(data, replacing=False)
+
 
 class TaskUpdateSchema(Schema.from_dict({**_task_fields(), "completed": StrictBoolean()})):
     """Partial: only the fields sent are returned, and only they change."""
@@ -134,12 +232,22 @@ class TaskUpdateSchema(Schema.from_dict({**_task_fields(), "completed": StrictBo
     class Meta:
         unknown = EXCLUDE
 
+    @post_load
+    def to_columns(self, data, **kwargs):
+        return stored_moments(data, replacing=True)
+
 
 class CompletionSchema(Schema):
     completed = StrictBoolean(required=True)
 
     class Meta:
         unknown = EXCLUDE
+
+
+SHOWN_MOMENT = (
+    "Given with an offset: the instant, in UTC with `+00:00`. Given without one: as given, without an offset "
+    "(`2026-01-30T00:00:00` for a calendar date, see `due_all_day`; `2026-01-30T10:00:00` for a wall-clock time)."
+)
 
 
 class TaskSchema(Schema):
@@ -155,12 +263,15 @@ class TaskSchema(Schema):
     tags = fields.List(fields.String(), required=True)
     created_at = UtcDateTime(required=True)
     updated_at = UtcDateTime(required=True)
-    due_date = UtcDateTime(required=True, allow_none=True)
+    due_date = ShownMoment("due_local", required=True, allow_none=True, metadata={"description": SHOWN_MOMENT})
+    due_all_day = fields.Boolean(
+        required=True, metadata={"description": "The due date was given as a calendar date: due all that day."}
+    )
     recurrence_pattern = fields.String(required=True, allow_none=True, validate=validate.OneOf(RECURRENCE_PATTERNS))
     is_recurring = fields.Function(
         lambda row: row.recurrence_pattern is not None, required=True, metadata={"type": "boolean"}
     )
-    remind_at = UtcDateTime(required=True, allow_none=True)
+    remind_at = ShownMoment("remind_local", required=True, allow_none=True, metadata={"description": SHOWN_MOMENT})
     reminder_sent = fields.Boolean(required=True)
 
 
@@ -169,10 +280,17 @@ def task_output(row):
 
     Listing is the hot path, and dumping through marshmallow cost more than the
     whole database round trip. The row's values are already the output types;
-    its naive UTC timestamps are written with an offset by the JSON provider.
+    its naive UTC timestamps are written with an offset by the JSON provider,
+    and a wall-clock value replaces its instant, written without one.
     The tests check that both give the same JSON for every kind of task.
     """
     output = dict(row._mapping)
+    due_local = output.pop("due_local")
+    if due_local is not None:
+        output["due_date"] = due_local.isoformat()
+    remind_local = output.pop("remind_local")
+    if remind_local is not None:
+        output["remind_at"] = remind_local.isoformat()
     output["is_recurring"] = output["recurrence_pattern"] is not None
     return output
 
@@ -206,37 +324,26 @@ class SearchQuerySchema(ListQuerySchema):
 
 # -- Settings and push subscriptions ------------------------------------------------
 
-# Not zones: the system's link to its own zone, and tzdata's placeholders.
-NOT_TIME_ZONES = frozenset({"localtime", "posixrules", "Factory"})
-TIME_ZONE_EXAMPLE = "Europe/Berlin"
 
-
-@functools.cache
-def time_zone_names():
-    return frozenset(available_timezones()) - NOT_TIME_ZONES
-
-
-class TimeZone(fields.String):
-    """An IANA time zone name that zoneinfo knows, spelled exactly (`Europe/Berlin`, `UTC`)."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        name = super()._deserialize(value, attr, data, **kwargs)
-        if name not in time_zone_names():
-            raise ValidationError("Must be an IANA time zone name, such as Europe/Berlin or UTC.")
-        return name
+def known_time_zone(name):
+    # Checked against the set, not listed as an enum in the OpenAPI document: there are some 600.
+    if name not in TIME_ZONES:
+        raise ValidationError("Must be an IANA time zone name, such as Europe/Berlin or UTC.")
 
 
 class SettingsSchema(Schema):
-    """A user's settings: `PUT /api/settings` takes them, `GET` shows them."""
+    """A user's settings, as `PUT /api/settings` takes them and both routes show them."""
 
     class Meta:
         unknown = EXCLUDE
 
-    time_zone = TimeZone(
+    time_zone = fields.String(
         required=True,
+        validate=known_time_zone,
         metadata={
-            "description": "IANA time zone name; reminders show times in it. Default `UTC`.",
-            "example": TIME_ZONE_EXAMPLE,
+            "description": "IANA time zone name, such as `Europe/Berlin`; `UTC` by default. Dates and times given "
+            "without an offset are read in it.",
+            "examples": ["Europe/Berlin", "America/New_York", "UTC"],
         },
     )
 
@@ -330,6 +437,7 @@ task_schema = TaskSchema()
 tasks_schema = TaskSchema(many=True)
 list_query_schema = ListQuerySchema()
 search_query_schema = SearchQuerySchema()
+settings_schema = SettingsSchema()
 
 
 # -- Response shapes ----------------------------------------------------------

@@ -84,9 +84,14 @@ def created_once(body, replayed):
 
 
 @bp.get("/tasks")
-@bp.get("/tasks/filter-sort")
 def list_tasks():
     return page(list_query_schema.load(request.args))
+
+
+@bp.get("/tasks/filter-sort")
+def filter_sort_tasks():
+    """The list, oldest first unless `sort_order` says otherwise (the frontend sends none)."""
+    return page({"sort_order": "asc", **list_query_schema.load(request.args)})
 
 
 @bp.get("/tasks/search")

@@ -16,7 +16,7 @@ import pytest
 import redis
 from conftest import base_config
 
-from todo_api import create_app
+from todo_api import create_app, ratelimit
 from todo_api.config import from_environment
 from todo_api.database import get_engine
 
@@ -417,3 +417,107 @@ def test_redis_going_down_while_serving_does_not_break_requests(limited, auth, p
     # Memory counts from zero: the fallback keeps limiting, per worker.
     statuses = [client.get("/api/tasks", headers=auth).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
+
+
+# -- One count per request ---------------------------------------------------------
+
+
+def script_runs(url):
+    """How many times Redis ran the counting script (EVALSHA or EVAL), whatever the outcome."""
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return sum(
+        stats.get(f"cmdstat_{command}", {}).get(field, 0)
+        for command in ("evalsha", "eval")
+        for field in ("calls", "rejected_calls")
+    )
+
+
+@sqlite_only
+def test_each_request_is_one_round_trip_to_redis_for_all_its_limits(limited, auth, private_redis):
+    url, _process = private_redis
+    app = limited(REDIS_URL=url, RATELIMIT_PER_USER="100 per minute", RATELIMIT_PER_IP="200 per minute")
+    client = app.test_client()
+    assert client.get("/").status_code == 200  # loads the script: EVALSHA refused, then EVAL
+    runs = script_runs(url)
+    for path, headers in [("/api/tasks", auth), ("/api/tasks", auth), ("/", {}), ("/openapi.json", {}), ("/api/x", {})]:
+        client.get(path, headers=headers)
+    assert script_runs(url) - runs == 5
+    store = redis.Redis.from_url(url)
+    counts = {key.decode().split("/")[3]: int(store.get(key)) for key in store.scan_iter()}
+    assert counts == {"ip": 6, "user": 2, "docs": 1}
+
+
+@sqlite_only
+def test_an_address_over_its_budget_is_refused_before_authentication(limited, auth):
+    client = limited(RATELIMIT_PER_IP="3 per minute").test_client()
+    assert [client.get("/").status_code for _ in range(3)] == [200, 200, 200]
+    refused = client.get("/api/tasks", headers=auth)
+    assert (refused.status_code, refused.get_json()) == (
+        429,
+        {"detail": "Rate limit exceeded: 3 per 1 minute per client address"},
+    )
+    # A bad token would be 401 after a session lookup: it is refused before, like a good one.
+    for headers in ({"Authorization": "Bearer " + "x" * 32}, auth, {}):
+        response = client.get("/api/tasks", headers=headers)
+        assert (response.status_code, response.headers["X-RateLimit-Remaining"]) == (429, "0")
+        assert 1 <= int(response.headers["Retry-After"]) <= 61
+    assert client.get("/api/tasks", headers=auth, environ_base={"REMOTE_ADDR": "203.0.113.9"}).status_code == 200
+
+
+@sqlite_only
+def test_requests_that_fail_authentication_count_against_their_address(limited):
+    client = limited(RATELIMIT_PER_IP="2 per minute").test_client()
+    bad = {"Authorization": "Bearer " + "x" * 32}
+    responses = [client.get("/api/tasks", headers=bad) for _ in range(2)]
+    assert [(r.status_code, r.headers["X-RateLimit-Remaining"]) for r in responses] == [(401, "1"), (401, "0")]
+    assert client.get("/").status_code == 429
+
+
+@sqlite_only
+def test_with_several_limits_in_a_setting_all_hold_and_the_headers_show_the_tightest(limited, auth):
+    client = limited(RATELIMIT_PER_USER="3 per minute; 2 per hour").test_client()
+    first = client.get("/api/tasks", headers=auth)
+    assert rate_headers(first) == {"X-RateLimit-Limit": "2", "X-RateLimit-Remaining": "1", "Retry-After": None}
+    assert int(first.headers["X-RateLimit-Reset"]) - time.time() > 3500
+    assert client.get("/api/tasks", headers=auth).status_code == 200
+    refused = client.get("/api/tasks", headers=auth)
+    assert refused.status_code == 429
+    assert refused.get_json() == {"detail": "Rate limit exceeded: 3 per 1 minute; 2 per 1 hour per user"}
+    assert rate_headers(refused)["X-RateLimit-Limit"] == "2"
+    assert 3500 < int(refused.headers["Retry-After"]) <= 3601
+
+
+def test_memory_counters_drop_windows_that_have_ended():
+    counters = ratelimit.MemoryCounters()
+    (window,) = ratelimit.Limit("RATELIMIT_PER_IP", "2 per second", "ip", "per client address").windows
+    assert counters.count(["a", "b"], [window, window], now=1000.0) == [(1, 1001.0), (1, 1001.0)]
+    assert counters.count(["a"], [window], now=1000.5) == [(2, 1001.0)]
+    assert counters.count(["a"], [window], now=1001.0) == [(1, 1002.0)]  # a new window
+    assert sorted(counters.windows) == ["a", "b"]
+    assert counters.count(["c"], [window], now=1000.0 + ratelimit.SWEEP_SECONDS) == [(1, 1011.0)]
+    assert sorted(counters.windows) == ["c"]
+
+
+def test_a_failing_redis_is_tried_again_after_1_2_4_up_to_32_seconds(private_redis):
+    """Redis answering errors (out of memory here) counts as down, like one that does not answer."""
+    url, _process = private_redis
+    store = redis.Redis.from_url(url)
+    counters = ratelimit.Counters(url)
+    windows = ratelimit.Limit("RATELIMIT_PER_IP", "100 per hour", "ip", "per client address").windows
+    assert counters.count(["k"], windows, now=0.0)[0][0] == 1
+    store.config_set("maxmemory", 1)
+    tried = []
+    for now in [10, 10.5, 10.99, 11, 12.9, 13, 16.9, 17, 25, 41, 72.9, 73, 104.9, 105, 137]:
+        runs = script_runs(url)
+        assert counters.count(["k"], windows, now=float(now))[0][1] == 3600.0 + 10  # counted in memory
+        if script_runs(url) > runs:
+            tried.append(now)
+    assert tried == [10, 11, 13, 17, 25, 41, 73, 105, 137]
+    store.config_set("maxmemory", 0)
+    assert counters.count(["k"], windows, now=150.0)[0][0] == 16  # not yet: memory
+    assert counters.count(["k"], windows, now=169.0)[0][0] == 2  # back in Redis, where it left off
+    store.config_set("maxmemory", 1)
+    assert counters.count(["k"], windows, now=200.0)[0][0] == 17
+    store.config_set("maxmemory", 0)
+    assert counters.count(["k"], windows, now=200.9)[0][0] == 18
+    assert counters.count(["k"], windows, now=201.0)[0][0] == 3  # after 1 s again

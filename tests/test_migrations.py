@@ -6,7 +6,7 @@ from sqlalchemy import inspect, text
 
 from todo_api.database import current_revision, downgrade, get_engine, upgrade
 
-HEAD = "0007"
+HEAD = "0008"
 
 
 def task_indexes(engine):
@@ -27,7 +27,6 @@ def test_indexes_for_every_list_query_exist(app):
     assert {
         "ix_task_user_id_id",
         "ix_task_user_created",
-        "ix_task_user_updated",
         "ix_task_user_title",
         "ix_task_user_priority",
         "ix_task_user_due_asc",

@@ -28,8 +28,10 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from todo_api import create_app  # noqa: E402
 from todo_api.database import get_engine, normalize_url  # noqa: E402
 from todo_api.delivery import generate_vapid_keys  # noqa: E402
-from todo_api.models import create_schema, push_subscription, task, utcnow  # noqa: E402
+from todo_api.migrate import create_schema  # noqa: E402
 from todo_api.reminders import Worker  # noqa: E402
+from todo_api.tables import push_subscription, task  # noqa: E402
+from todo_api.timezones import utcnow  # noqa: E402
 
 
 def parse_args():

@@ -22,6 +22,7 @@ Usage:
 """
 
 import argparse
+import dataclasses
 import functools
 import os
 import statistics
@@ -35,7 +36,10 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from todo_api import create_app, listing  # noqa: E402
-from todo_api.database import get_engine, normalize_url, upgrade  # noqa: E402
+from todo_api.database import get_engine, normalize_url  # noqa: E402
+from todo_api.migrate import upgrade  # noqa: E402
+from todo_api.schemas import list_query_schema  # noqa: E402
+from todo_api.state import get_cursors  # noqa: E402
 
 TASKS = 1000
 # user: the piece its texts repeat; each text ends in every trigram the keywords below need.
@@ -95,7 +99,8 @@ def timed_row(connection, cursors, user_id, word, repeat):
         count = functools.partial(lambda s: connection.execute(s, params).scalar(), statement)
         counts.add(count())
         cells.append(median_ms(count, repeat))
-    search = functools.partial(listing.find_tasks, connection, user_id, {"q": word, "limit": 50}, cursors)
+    query = dataclasses.replace(list_query_schema.load({}), q=word, limit=50)
+    search = functools.partial(listing.find_tasks, connection, user_id, query, cursors)
     counts.add(len(search()))
     cells.append(median_ms(search, repeat))
     return cells, counts
@@ -105,7 +110,7 @@ def run(url, args):
     settings = {"DATABASE_URL": url, "LOG_LEVEL": "WARNING", "DATABASE_STATEMENT_TIMEOUT_MS": 0}
     app = create_app({**settings, "SECRET_KEY": "search-cost-secret-0123456789abcdef"})
     engine = get_engine(app)
-    cursors = app.extensions["todo_api.cursors"]
+    cursors = get_cursors(app)
     try:
         upgrade(engine)
         with engine.connect() as connection:

@@ -25,7 +25,8 @@ from sqlalchemy.engine import make_url
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.database import get_engine, normalize_url
-from todo_api.models import auth_tables, create_schema
+from todo_api.migrate import create_schema
+from todo_api.tables import auth_tables
 
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SECRET = "test-secret-of-reasonable-length-0123456789"

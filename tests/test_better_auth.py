@@ -34,7 +34,7 @@ from sqlalchemy.engine import make_url
 
 from todo_api import create_app
 from todo_api.database import get_engine, normalize_url
-from todo_api.models import create_schema
+from todo_api.migrate import create_schema
 
 PROJECT = Path(__file__).parent / "betterauth"
 INSTALL_STAMP = PROJECT / "node_modules" / ".installed-lock-sha256"

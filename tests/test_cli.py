@@ -11,8 +11,7 @@ from sqlalchemy import delete, func, inspect, select
 
 from todo_api import create_app
 from todo_api.database import get_engine
-from todo_api.idempotency import idempotency_key
-from todo_api.models import task, user, user_settings
+from todo_api.tables import idempotency_key, task, user, user_settings
 
 UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:9/nowhere"  # the discard port: nothing listens
 DIALECTS = {"postgres": "postgresql", "pgbouncer": "postgresql", "sqlite": "sqlite"}

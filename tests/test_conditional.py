@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import event, select, update
 
 from todo_api.database import get_engine
-from todo_api.models import task as task_table
+from todo_api.tables import task as task_table
 
 EPOCH = datetime(1970, 1, 1)
 MICROSECOND = timedelta(microseconds=1)

@@ -8,7 +8,7 @@ from sqlalchemy import func, select, update
 from test_conditional import StatementLog, expected_etag
 
 from todo_api.database import get_engine
-from todo_api.idempotency import idempotency_key
+from todo_api.tables import idempotency_key
 
 REUSED = {"detail": "This Idempotency-Key was already used with a different request body"}
 BAD_KEY = {

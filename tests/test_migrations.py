@@ -4,7 +4,8 @@ import pytest
 from conftest import user_id_of
 from sqlalchemy import inspect, text
 
-from todo_api.database import current_revision, downgrade, get_engine, upgrade
+from todo_api.database import get_engine
+from todo_api.migrate import current_revision, downgrade, upgrade
 
 HEAD = "0007"
 

@@ -26,7 +26,7 @@ from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.database import get_engine, normalize_url
 from todo_api.delivery import Outcome, classify, generate_vapid_keys, retry_after_seconds, signer_from_config
-from todo_api.models import create_schema, push_delivery, push_subscription, task, utcnow
+from todo_api.migrate import create_schema
 from todo_api.reminders import (
     _TASKS_DUE,
     LEASE,
@@ -38,6 +38,8 @@ from todo_api.reminders import (
     reminder_time,
     run_forever,
 )
+from todo_api.tables import push_delivery, push_subscription, task
+from todo_api.timezones import utcnow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAPID_PUBLIC_KEY, VAPID_PRIVATE_KEY = generate_vapid_keys()

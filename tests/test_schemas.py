@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy import select
 
 from todo_api.database import get_engine
-from todo_api.models import task
 from todo_api.schemas import TaskSchema, task_output
+from todo_api.tables import task
 
 VARIETY = [
     {"title": "plain"},

@@ -12,7 +12,8 @@ from conftest import POSTGRES_BACKENDS, base_config
 from sqlalchemy import event, text
 
 from todo_api import create_app
-from todo_api.database import current_revision, downgrade, get_engine, upgrade
+from todo_api.database import get_engine
+from todo_api.migrate import current_revision, downgrade, upgrade
 from todo_api.token_digest import token_digest
 
 postgres_only = pytest.mark.parametrize("backend", POSTGRES_BACKENDS, indirect=True)

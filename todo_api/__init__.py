@@ -7,10 +7,10 @@ import click
 from dotenv import load_dotenv
 from flask import Flask
 
-from . import cli, config, cors, database, errors, ratelimit, web
+from . import cli, config, cors, database, errors, ratelimit, state, web
+from .auth import session_lookup
 from .json_provider import OrjsonProvider
 from .listing import Cursors
-from .models import session_lookup
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,13 @@ def create_app(test_config=None):
 
 
 def register_extensions(app):
+    app_state = state.AppState(
+        engine=database.build_engine(app.config, app.instance_path),
+        session_lookup=session_lookup(app.config),
+        cursors=Cursors(signing_secret(app)),
+    )
+    state.init_app(app, app_state)
     database.init_app(app)
-    app.extensions["todo_api.session_lookup"] = session_lookup(app.config)
-    app.extensions["todo_api.cursors"] = Cursors(signing_secret(app))
     cors.init_app(app)
     ratelimit.init_app(app)
 

@@ -25,6 +25,7 @@ from .schemas import (
     CompletionSchema,
     DeletedEnvelopeSchema,
     ErrorSchema,
+    FilterSortQuerySchema,
     ListQuerySchema,
     MessageSchema,
     SearchQuerySchema,
@@ -287,7 +288,7 @@ OPERATIONS = {
             "summary": "List tasks, oldest first",
             "description": "The list, as the frontend's filter and sort controls call it: the same parameters, but "
             "`sort_order` defaults to `asc`.",
-            "parameters": LIST_QUERY,
+            "parameters": [{"in": "query", "schema": FilterSortQuerySchema}],
             "responses": {"200": TASK_LIST},
         },
         validated=True,

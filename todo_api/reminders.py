@@ -52,9 +52,10 @@ from sqlalchemy import DateTime, and_, bindparam, delete, exists, not_, or_, sel
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from .database import advanced, get_engine, transaction
+from .database import get_engine, transaction
 from .delivery import PushSender, signer_from_config
-from .models import push_delivery, push_subscription, task, user_settings, utcnow
+from .tables import next_version, push_delivery, push_subscription, task, user_settings
+from .timezones import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ _SUBSCRIPTIONS_OF = (
 _MARK_SENT = (
     update(task)
     .where(task.c.id.in_(bindparam("ids", expanding=True)))
-    .values(reminder_sent=True, updated_at=advanced(task.c.updated_at, bindparam("now", type_=DateTime)))
+    .values(reminder_sent=True, updated_at=next_version(task.c.updated_at, bindparam("now", type_=DateTime)))
 )
 _CLAIM = (
     update(push_delivery)

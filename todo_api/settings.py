@@ -6,7 +6,7 @@ dates and reminders given without an offset are read.
 
 from flask import Blueprint, g
 
-from . import models
+from . import task_store
 from .database import get_db
 from .schemas import settings_schema
 from .tasks import json_body, require_session
@@ -17,12 +17,12 @@ bp.before_request(require_session)
 
 @bp.get("/settings")
 def get_settings():
-    return {"data": {"time_zone": models.time_zone_name_of(get_db(), g.user_id)}}
+    return {"data": {"time_zone": task_store.time_zone_name_of(get_db(), g.user_id)}}
 
 
 @bp.put("/settings")
 def put_settings():
     """Set the time zone; wall-clock tasks keep their day and time in it (their instants move)."""
     time_zone = json_body(settings_schema)["time_zone"]
-    models.change_time_zone(get_db(), g.user_id, time_zone)
+    task_store.change_time_zone(get_db(), g.user_id, time_zone)
     return {"data": {"time_zone": time_zone}}

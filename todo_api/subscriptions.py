@@ -10,9 +10,10 @@ from sqlalchemy import DateTime, bindparam, delete
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .database import get_db
-from .models import push_subscription, utcnow
 from .schemas import subscription_schemas, unsubscribe_schema
+from .tables import push_subscription
 from .tasks import has_body, json_body, require_session
+from .timezones import utcnow
 
 bp = Blueprint("notifications", __name__, url_prefix="/api/notifications")
 bp.before_request(require_session)

@@ -5,25 +5,26 @@ honour If-Match (see `conditional`), and creates honour Idempotency-Key (see
 `idempotency`).
 """
 
-from datetime import UTC, datetime
-
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
-from . import idempotency, listing, models
+from . import idempotency, listing, task_store
 from .auth import authenticate
-from .conditional import etag, etag_of, if_match_versions, none_match
+from .conditional import etag, etag_of, if_match_versions, not_modified
 from .database import get_db
 from .json_provider import OPTIONS as JSON_OPTIONS
 from .ratelimit import limit_user
 from .schemas import (
+    ListQuery,
     completion_schema,
+    filter_sort_query_schema,
     list_query_schema,
     search_query_schema,
     task_create_schema,
     task_output,
     task_update_schema,
 )
+from .state import get_cursors
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
 
@@ -44,9 +45,9 @@ def has_body():
     return bool(request.content_length) or request.headers.get("Transfer-Encoding") == "chunked"
 
 
-def page(query):
+def list_page(query: ListQuery):
     """One page of the caller's tasks, at most RESPONSE_MAX_BYTES long (see `listing.page_body`)."""
-    config, cursors = current_app.config, current_app.extensions["todo_api.cursors"]
+    config, cursors = current_app.config, get_cursors()
     rows = listing.find_tasks(get_db(), g.user_id, query, cursors, config["SEARCH_STATEMENT_TIMEOUT_MS"])
     body = listing.page_body(rows, query, cursors, serialized_task, config["RESPONSE_MAX_BYTES"])
     return Response(body, mimetype="application/json")
@@ -60,7 +61,7 @@ def one_task(row):
     return {"data": task_output(row)}, {"ETag": etag(row)}
 
 
-def changed(row, next_task):
+def task_and_next(row, next_task):
     """A changed task; a recurring task that was completed also shows its next occurrence."""
     body = {"data": task_output(row)}
     if next_task is not None:
@@ -73,30 +74,28 @@ def created_body(row):
     return current_app.json.dumps({"data": task_output(row)})
 
 
-def created_once(body, replayed):
-    """A create's stored body; its ETag is the task's as it was created."""
-    created = orjson.loads(body)["data"]
-    updated_at = datetime.fromisoformat(created["updated_at"]).astimezone(UTC).replace(tzinfo=None)
-    headers = {"ETag": etag_of(created["id"], updated_at)}
-    if replayed:
+def created_once(created: idempotency.Created):
+    """A create under Idempotency-Key: its stored body, and the task's ETag as it was created."""
+    headers = {"ETag": etag_of(created.task_id, created.version)}
+    if created.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return Response(body, mimetype="application/json", headers=headers)
+    return Response(created.body, mimetype="application/json", headers=headers)
 
 
 @bp.get("/tasks")
 def list_tasks():
-    return page(list_query_schema.load(request.args))
+    return list_page(list_query_schema.load(request.args))
 
 
 @bp.get("/tasks/filter-sort")
 def filter_sort_tasks():
     """The list, oldest first unless `sort_order` says otherwise (the frontend sends none)."""
-    return page({"sort_order": "asc", **list_query_schema.load(request.args)})
+    return list_page(filter_sort_query_schema.load(request.args))
 
 
 @bp.get("/tasks/search")
 def search_tasks():
-    return page(search_query_schema.load(request.args))
+    return list_page(search_query_schema.load(request.args))
 
 
 @bp.post("/tasks")
@@ -104,14 +103,14 @@ def create_task():
     fields = json_body(task_create_schema)
     key = idempotency.request_key()
     if key is None:
-        return one_task(models.create_task(get_db(), g.user_id, fields))
-    return created_once(*idempotency.create_task_once(get_db(), g.user_id, key, fields, created_body))
+        return one_task(task_store.create_task(get_db(), g.user_id, fields))
+    return created_once(idempotency.create_task_once(get_db(), g.user_id, key, fields, created_body))
 
 
 @bp.get("/tasks/<int(signed=True):task_id>")
 def get_task(task_id):
-    row = models.get_task(get_db(), g.user_id, task_id)
-    if none_match(row):
+    row = task_store.get_task(get_db(), g.user_id, task_id)
+    if not_modified(row):
         return "", 304, {"ETag": etag(row)}
     return one_task(row)
 
@@ -119,12 +118,12 @@ def get_task(task_id):
 @bp.put("/tasks/<int(signed=True):task_id>")
 def update_task(task_id):
     changes = json_body(task_update_schema)
-    return changed(*models.update_task(get_db(), g.user_id, task_id, changes, if_match_versions(task_id)))
+    return task_and_next(*task_store.update_task(get_db(), g.user_id, task_id, changes, if_match_versions(task_id)))
 
 
 @bp.delete("/tasks/<int(signed=True):task_id>")
 def delete_task(task_id):
-    models.delete_task(get_db(), g.user_id, task_id, if_match_versions(task_id))
+    task_store.delete_task(get_db(), g.user_id, task_id, if_match_versions(task_id))
     return {"data": {"ok": True}}
 
 
@@ -134,10 +133,10 @@ def complete_task(task_id):
     versions = if_match_versions(task_id)
     if has_body():
         completed = json_body(completion_schema)["completed"]
-        return changed(*models.set_task_completed(get_db(), g.user_id, task_id, completed, versions))
-    return changed(*models.toggle_task(get_db(), g.user_id, task_id, versions))
+        return task_and_next(*task_store.set_task_completed(get_db(), g.user_id, task_id, completed, versions))
+    return task_and_next(*task_store.toggle_task(get_db(), g.user_id, task_id, versions))
 
 
 @bp.patch("/tasks/<int(signed=True):task_id>/mark-reminder-sent")
 def mark_reminder_sent(task_id):
-    return one_task(models.mark_reminder_sent(get_db(), g.user_id, task_id, if_match_versions(task_id)))
+    return one_task(task_store.mark_reminder_sent(get_db(), g.user_id, task_id, if_match_versions(task_id)))

@@ -74,7 +74,7 @@ def created_body(row):
     return current_app.json.dumps({"data": task_output(row)})
 
 
-def created_once(created: idempotency.Created):
+def created_under_key(created: idempotency.Created):
     """A create under Idempotency-Key: its stored body, and the task's ETag as it was created."""
     headers = {"ETag": etag_of(created.task_id, created.version)}
     if created.replayed:
@@ -104,7 +104,7 @@ def create_task():
     key = idempotency.request_key()
     if key is None:
         return one_task(task_store.create_task(get_db(), g.user_id, fields))
-    return created_once(idempotency.create_task_once(get_db(), g.user_id, key, fields, created_body))
+    return created_under_key(idempotency.create_task_once(get_db(), g.user_id, key, fields, created_body))
 
 
 @bp.get("/tasks/<int(signed=True):task_id>")

@@ -55,7 +55,7 @@ from sqlalchemy.exc import DBAPIError
 from .database import get_engine, transaction
 from .delivery import PushSender, signer_from_config
 from .tables import next_version, push_delivery, push_subscription, task, user_settings
-from .timezones import utcnow
+from .timezones import utc_to_local, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ def reminder_body(due_date, zone, now):
     "Due Fri 28 Nov 17:00"), or "Reminder" for a task without a due date."""
     if due_date is None:
         return "Reminder"
-    local = due_date.replace(tzinfo=UTC).astimezone(zone)
-    today = now.replace(tzinfo=UTC).astimezone(zone).date()
+    local = utc_to_local(due_date, zone)
+    today = utc_to_local(now, zone).date()
     clock = f"{local:%H:%M}"
     day = local.date()
     if day == today:

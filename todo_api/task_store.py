@@ -192,7 +192,9 @@ SINGLE_STATEMENT_FIELDS = frozenset({"title", "description", "priority", "catego
 # -- Reading and writing one task -------------------------------------------------
 
 
-def owned_row(db: Connection, statement: Executable, user_id: str, task_id: int, params: Values | None = None):
+def owned_row(
+    db: Connection, statement: Executable, user_id: str, task_id: int, params: Values | None = None
+) -> Row | None:
     """The row that `statement`, which filters by task and owner (`_owned`), returns for this task of this
     user; None when there is none for them (an id beyond SERIAL's range is not even looked up)."""
     if not 0 < task_id <= MAX_TASK_ID:

@@ -38,7 +38,14 @@ from gunicorn import http
 from gunicorn.http.body import CHUNK_EXT_RE
 from gunicorn.http.message import MAX_REQUEST_LINE
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
-from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, RequestHeaderFieldsTooLarge, RequestTimeout
+from werkzeug.exceptions import (
+    BadRequest,
+    InternalServerError,
+    RequestEntityTooLarge,
+    RequestHeaderFieldsTooLarge,
+    RequestTimeout,
+    default_exceptions,
+)
 
 # The app's MAX_CONTENT_LENGTH (tests/test_slow_clients.py checks that they agree).
 MAX_BODY_BYTES = 1024 * 1024
@@ -184,9 +191,12 @@ class RequestFraming:
         return Verdict.READY if len(buf) >= self.head_end + self.body_length else None
 
     def _scan_head(self, buf):
-        end = buf.find(b"\r\n\r\n", max(0, self.searched - 3))
+        resume = max(0, self.searched - 3)
+        end = buf.find(b"\r\n\r\n", resume)
         self.searched = len(buf)
         if end < 0:
+            if buf.find(b"\n\n", resume) >= 0:
+                return Verdict.READY_THEN_CLOSE  # a head ended by bare LFs: gunicorn answers 400
             if len(buf) > MAX_HEAD_BYTES:
                 return Verdict.HEAD_TOO_LARGE
             line_limit = self.max_request_line
@@ -366,6 +376,18 @@ class Connection:
             self.inbuf[:0] = self.parser.unreader.take_buffered()
 
 
+class ErrorPage:
+    """Stands in for the client socket while gunicorn writes one of its HTML error pages; keeps the status."""
+
+    status = None
+
+    def gettimeout(self):
+        return 0.0
+
+    def sendall(self, data):
+        self.status = data.split(b"\r\n", 1)[0].split(b" ", 1)[1].decode("latin-1")
+
+
 class RequestStream:
     """The client socket as gunicorn's parser and response see it in a pool thread: never the network.
 
@@ -413,6 +435,12 @@ class RequestStream:
             self.conn.queue_output(data)
             if left is not None:
                 left -= len(data)
+
+    def gettimeout(self):
+        return 0.0
+
+    def settimeout(self, timeout):
+        pass
 
     def setblocking(self, flag):
         pass
@@ -566,6 +594,15 @@ class BufferingThreadWorker(DrainingThreadWorker):
         except Exception as error:
             self.handle_error(req, conn.sock, conn.client, error)
         return False
+
+    def handle_error(self, req, client, addr, exc):
+        """gunicorn's answer to a request it cannot parse (400, 414, 431, 501...), in the service's JSON shape."""
+        page = ErrorPage()
+        super().handle_error(req, page, addr, exc)
+        if page.status:
+            code = int(page.status[:3])
+            detail = default_exceptions.get(code, InternalServerError).description
+            client.sendall(error_response(page.status, detail))
 
     def finish_request(self, conn, fs):
         """A pool thread is done with the connection (runs in the main thread)."""

@@ -312,7 +312,7 @@ def test_slow_and_idle_clients_do_not_delay_anyone_else(service, accounts):
     dripping.update({sock: body for sock in slow_bodies})
     try:
         with Dripper(dripping):
-            time.sleep(0.6)  # every slow client has sent something
+            time.sleep(1.0)  # every slow client has sent something, the slow readers' responses have stalled
             answers = []
             for _ in range(20):
                 answers.append(("/health", *get(service.port, "/health")))
@@ -428,7 +428,10 @@ def test_a_client_that_never_reads_its_response_is_cut_off_at_the_write_timeout(
 def test_connections_over_the_cap_per_address_are_closed_while_other_addresses_are_served(strict_service):
     flood = [connect(strict_service.port, source="127.0.0.3") for _ in range(PER_ADDRESS_CAP + 10)]
     try:
-        time.sleep(0.3)  # the worker has accepted all of them
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and [is_open(sock) for sock in flood].count(False) < 10:
+            time.sleep(0.05)
+        time.sleep(0.1)  # any more would be closed by now
         assert [is_open(sock) for sock in flood] == [True] * PER_ADDRESS_CAP + [False] * 10
         other = connect(strict_service.port, source="127.0.0.2")
         other.sendall(request_bytes("GET", "/health"))
@@ -580,6 +583,40 @@ def test_a_request_head_over_64_kib_is_431_json(service):
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.split(b"\r\n")[0] == b"HTTP/1.1 431 Request Header Fields Too Large"
     assert json.loads(body) == {"detail": "One or more header fields exceeds the maximum size."}
+
+
+BAD_REQUEST = {"detail": "The browser (or proxy) sent a request that this server could not understand."}
+
+
+@pytest.mark.parametrize(
+    ("message", "status", "detail"),
+    [
+        (b"GARBAGE\r\n\r\n", "400 Bad Request", BAD_REQUEST),
+        (b"GET /health HTTP/1.1\nHost: x\n\n", "400 Bad Request", BAD_REQUEST),  # bare LF: no header timeout
+        (b"GET /health HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", "400 Bad Request", BAD_REQUEST),
+        (b"GET /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400 Bad Request", BAD_REQUEST),
+        (
+            b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n",
+            "414 URI Too Long",
+            {
+                "detail": "The length of the requested URL exceeds the capacity limit for this server. "
+                "The request cannot be processed."
+            },
+        ),
+    ],
+)
+def test_a_request_that_cannot_be_parsed_is_answered_in_json_at_once(service, message, status, detail):
+    sock = connect(service.port)
+    started = time.monotonic()
+    try:
+        sock.sendall(message)
+        received = read_until_closed(sock, timeout=5)
+    finally:
+        sock.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[:2] == [b"HTTP/1.1 " + status.encode(), b"Content-Type: application/json"]
+    assert json.loads(body) == detail
+    assert time.monotonic() - started < 1
 
 
 # -- The access log ------------------------------------------------------------

@@ -465,6 +465,7 @@ class BufferingThreadWorker(DrainingThreadWorker):
         self.open_per_address = Counter()
         self.deadlines = []  # heap of (deadline, sequence, connection); stale entries are skipped
         self.sequence = itertools.count()
+        self.read_buffer = memoryview(bytearray(READ_SIZE))  # the main thread's, for every read
 
     # Accepting
 
@@ -503,16 +504,16 @@ class BufferingThreadWorker(DrainingThreadWorker):
 
     def _on_readable(self, conn, _sock):
         try:
-            data = conn.raw.recv(READ_SIZE)
+            size = conn.raw.recv_into(self.read_buffer)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._close(conn)
             return
-        if not data:
+        if not size:
             self._close(conn)  # the client went away; nothing of a request in part can be answered
             return
-        conn.inbuf += data
+        conn.inbuf += self.read_buffer[:size]
         self._advance(conn)
 
     def _advance(self, conn):
@@ -611,9 +612,10 @@ class BufferingThreadWorker(DrainingThreadWorker):
         except Exception:
             conn.keepalive = False
         try:
-            conn.raw.setblocking(False)
+            if conn.write_through_deadline is not None:
+                conn.raw.setblocking(False)
+                conn.write_through_deadline = None
             conn.take_back_read_ahead()
-            conn.write_through_deadline = None
             self._send_response(conn)
         except OSError:
             self._close(conn)

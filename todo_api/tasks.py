@@ -9,13 +9,18 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 
 from . import idempotency, listing, task_store
+from .apidoc import operation, request_body, response
 from .auth import authenticate
 from .conditional import etag, etag_of, if_match_versions, not_modified
 from .database import get_db
 from .json_provider import OPTIONS as JSON_OPTIONS
 from .ratelimit import limit_user
 from .schemas import (
+    ChangedTaskEnvelopeSchema,
+    DeletedEnvelopeSchema,
     ListQuery,
+    TaskEnvelopeSchema,
+    TaskListEnvelopeSchema,
     completion_schema,
     filter_sort_query_schema,
     list_query_schema,
@@ -27,6 +32,18 @@ from .schemas import (
 from .state import get_cursors
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
+
+LIST_DESCRIPTION = (
+    "The caller's tasks, newest first unless sorted otherwise. Filters combine; ties break on `id`. Without "
+    "`limit`, up to 1,000 tasks come back. A page also ends before the task that would take the response over "
+    "`RESPONSE_MAX_BYTES` (1 MiB by default; a page always holds at least one task). When more follow, "
+    "`next_cursor` is set."
+)
+TASK_LIST = response("One page of tasks.", TaskListEnvelopeSchema)
+TASK = response("The task.", TaskEnvelopeSchema)
+CHANGED_TASK = response(
+    "The task; completing a recurring task adds `next_task`, its next occurrence.", ChangedTaskEnvelopeSchema
+)
 
 
 @bp.before_request
@@ -83,22 +100,45 @@ def created_under_key(created: idempotency.Created):
 
 
 @bp.get("/tasks")
+@operation("List tasks", description=LIST_DESCRIPTION, query=list_query_schema, response=TASK_LIST)
 def list_tasks():
     return list_page(list_query_schema.load(request.args))
 
 
 @bp.get("/tasks/filter-sort")
+@operation(
+    "List tasks, oldest first",
+    description="The list, as the frontend's filter and sort controls call it: the same parameters, but "
+    "`sort_order` defaults to `asc`.",
+    query=filter_sort_query_schema,
+    response=TASK_LIST,
+)
 def filter_sort_tasks():
     """The list, oldest first unless `sort_order` says otherwise (the frontend sends none)."""
     return list_page(filter_sort_query_schema.load(request.args))
 
 
 @bp.get("/tasks/search")
+@operation(
+    "Search tasks",
+    description="The list, searched: `keyword` (required) is matched case-insensitively and literally in title and "
+    "description. Takes every list parameter. A search that runs over its time bound "
+    "(`SEARCH_STATEMENT_TIMEOUT_MS`) answers 503 `The search took too long; try a more specific keyword`.",
+    query=search_query_schema,
+    response=TASK_LIST,
+)
 def search_tasks():
     return list_page(search_query_schema.load(request.args))
 
 
 @bp.post("/tasks")
+@operation(
+    "Create a task",
+    body=request_body(task_create_schema, "The new task's fields; `title` is required, unknown fields are ignored."),
+    response=response("The created task.", TaskEnvelopeSchema),
+    etag=True,
+    idempotent=True,
+)
 def create_task():
     fields = json_body(task_create_schema)
     key = idempotency.request_key()
@@ -108,6 +148,7 @@ def create_task():
 
 
 @bp.get("/tasks/<int(signed=True):task_id>")
+@operation("Get a task", response=TASK, etag=True, conditional=True, errors=[404])
 def get_task(task_id):
     row = task_store.get_task(get_db(), g.user_id, task_id)
     if not_modified(row):
@@ -116,18 +157,38 @@ def get_task(task_id):
 
 
 @bp.put("/tasks/<int(signed=True):task_id>")
+@operation(
+    "Update a task",
+    description="Only the fields sent change. Completing a recurring task creates its next occurrence.",
+    body=request_body(task_update_schema, "Any task fields, and `completed`."),
+    response=CHANGED_TASK,
+    etag=True,
+    conditional=True,
+    errors=[404],
+)
 def update_task(task_id):
     changes = json_body(task_update_schema)
     return task_and_next(*task_store.update_task(get_db(), g.user_id, task_id, changes, if_match_versions(task_id)))
 
 
 @bp.delete("/tasks/<int(signed=True):task_id>")
+@operation("Delete a task", response=response("Deleted.", DeletedEnvelopeSchema), conditional=True, errors=[404])
 def delete_task(task_id):
     task_store.delete_task(get_db(), g.user_id, task_id, if_match_versions(task_id))
     return {"data": {"ok": True}}
 
 
 @bp.patch("/tasks/<int(signed=True):task_id>/complete")
+@operation(
+    "Complete, reopen or toggle a task",
+    description='Without a body, toggles `completed`; `{"completed": true|false}` sets it, so a retry cannot flip '
+    "it back. Completing a recurring task creates its next occurrence.",
+    body=request_body(completion_schema, "Optional: the completion to set.", required=False),
+    response=CHANGED_TASK,
+    etag=True,
+    conditional=True,
+    errors=[404],
+)
 def complete_task(task_id):
     """No body toggles; `{"completed": bool}` sets, so a retry cannot flip it back."""
     versions = if_match_versions(task_id)
@@ -138,5 +199,6 @@ def complete_task(task_id):
 
 
 @bp.patch("/tasks/<int(signed=True):task_id>/mark-reminder-sent")
+@operation("Mark a task's reminder as sent", response=TASK, etag=True, conditional=True, errors=[404])
 def mark_reminder_sent(task_id):
     return one_task(task_store.mark_reminder_sent(get_db(), g.user_id, task_id, if_match_versions(task_id)))

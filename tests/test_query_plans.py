@@ -11,10 +11,10 @@ setting as the service sends it.
 from datetime import datetime
 
 import pytest
-from conftest import ADMIN_URL, base_config
 from sqlalchemy import create_engine, text
 from sqlalchemy.dialects import postgresql
 
+from support import ADMIN_URL, base_config
 from todo_api import create_app, listing
 from todo_api.database import get_engine, normalize_url, transaction
 from todo_api.models import create_schema

@@ -66,6 +66,9 @@ class Service:
             "DATABASE_URL": database_url,
             "GUNICORN_ACCESS_LOG": "true",
             "LOG_LEVEL": "INFO",
+            "SECRET_KEY": "drill-secret-0123456789abcdef",  # production refuses to start without one
+            # The bulk user's whole list in one response (about 6 MB), over the default cap on a page's bytes.
+            "RESPONSE_MAX_BYTES": str(8 * 1024 * 1024),
             # All the load comes from a few addresses and users: counted, never refused.
             "RATELIMIT_PER_IP": "1000000 per minute",
             "RATELIMIT_PER_USER": "1000000 per minute",

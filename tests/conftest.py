@@ -78,7 +78,8 @@ def pytest_generate_tests(metafunc):
     else:
         unknown = [name for name in marker.args if name not in KNOWN_BACKENDS]
         if unknown or not marker.args:
-            pytest.fail(f"{test.nodeid}: backends({marker.args}) must name some of {KNOWN_BACKENDS}", pytrace=False)
+            named = ", ".join(map(repr, marker.args))
+            pytest.fail(f"{test.nodeid}: backends({named}) must name some of {KNOWN_BACKENDS}", pytrace=False)
         names = [name for name in KNOWN_BACKENDS if name in marker.args]
     metafunc.parametrize("backend", [backend_param(name) for name in names], indirect=True)
 

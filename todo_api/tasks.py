@@ -11,12 +11,17 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 
 from . import idempotency, listing, models
+from .apidoc import operation, request_body, response
 from .auth import authenticate
 from .conditional import etag, etag_of, if_match_versions, none_match
 from .database import get_db
 from .json_provider import OPTIONS as JSON_OPTIONS
 from .ratelimit import limit_user
 from .schemas import (
+    ChangedTaskEnvelopeSchema,
+    DeletedEnvelopeSchema,
+    TaskEnvelopeSchema,
+    TaskListEnvelopeSchema,
     completion_schema,
     list_query_schema,
     search_query_schema,
@@ -26,6 +31,18 @@ from .schemas import (
 )
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
+
+LIST_DESCRIPTION = (
+    "The caller's tasks, newest first unless sorted otherwise. Filters combine; ties break on `id`. Without "
+    "`limit`, up to 1,000 tasks come back. A page also ends before the task that would take the response over "
+    "`RESPONSE_MAX_BYTES` (1 MiB by default; a page always holds at least one task). When more follow, "
+    "`next_cursor` is set."
+)
+TASK_LIST = response("One page of tasks.", TaskListEnvelopeSchema)
+TASK = response("The task.", TaskEnvelopeSchema)
+CHANGED_TASK = response(
+    "The task; completing a recurring task adds `next_task`, its next occurrence.", ChangedTaskEnvelopeSchema
+)
 
 
 @bp.before_request
@@ -84,22 +101,45 @@ def created_once(body, replayed):
 
 
 @bp.get("/tasks")
+@operation("List tasks", description=LIST_DESCRIPTION, query=list_query_schema, response=TASK_LIST)
 def list_tasks():
     return page(list_query_schema.load(request.args))
 
 
 @bp.get("/tasks/filter-sort")
+@operation(
+    "List tasks, oldest first",
+    description="The list, as the frontend's filter and sort controls call it: the same parameters, but "
+    "`sort_order` defaults to `asc`.",
+    query=list_query_schema,
+    response=TASK_LIST,
+)
 def filter_sort_tasks():
     """The list, oldest first unless `sort_order` says otherwise (the frontend sends none)."""
     return page({"sort_order": "asc", **list_query_schema.load(request.args)})
 
 
 @bp.get("/tasks/search")
+@operation(
+    "Search tasks",
+    description="The list, searched: `keyword` (required) is matched case-insensitively and literally in title and "
+    "description. Takes every list parameter. A search that runs over its time bound "
+    "(`SEARCH_STATEMENT_TIMEOUT_MS`) answers 503 `The search took too long; try a more specific keyword`.",
+    query=search_query_schema,
+    response=TASK_LIST,
+)
 def search_tasks():
     return page(search_query_schema.load(request.args))
 
 
 @bp.post("/tasks")
+@operation(
+    "Create a task",
+    body=request_body(task_create_schema, "The new task's fields; `title` is required, unknown fields are ignored."),
+    response=response("The created task.", TaskEnvelopeSchema),
+    etag=True,
+    idempotent=True,
+)
 def create_task():
     fields = json_body(task_create_schema)
     key = idempotency.request_key()
@@ -109,6 +149,7 @@ def create_task():
 
 
 @bp.get("/tasks/<int(signed=True):task_id>")
+@operation("Get a task", response=TASK, etag=True, conditional=True, errors=[404])
 def get_task(task_id):
     row = models.get_task(get_db(), g.user_id, task_id)
     if none_match(row):
@@ -117,18 +158,38 @@ def get_task(task_id):
 
 
 @bp.put("/tasks/<int(signed=True):task_id>")
+@operation(
+    "Update a task",
+    description="Only the fields sent change. Completing a recurring task creates its next occurrence.",
+    body=request_body(task_update_schema, "Any task fields, and `completed`."),
+    response=CHANGED_TASK,
+    etag=True,
+    conditional=True,
+    errors=[404],
+)
 def update_task(task_id):
     changes = json_body(task_update_schema)
     return changed(*models.update_task(get_db(), g.user_id, task_id, changes, if_match_versions(task_id)))
 
 
 @bp.delete("/tasks/<int(signed=True):task_id>")
+@operation("Delete a task", response=response("Deleted.", DeletedEnvelopeSchema), conditional=True, errors=[404])
 def delete_task(task_id):
     models.delete_task(get_db(), g.user_id, task_id, if_match_versions(task_id))
     return {"data": {"ok": True}}
 
 
 @bp.patch("/tasks/<int(signed=True):task_id>/complete")
+@operation(
+    "Complete, reopen or toggle a task",
+    description='Without a body, toggles `completed`; `{"completed": true|false}` sets it, so a retry cannot flip '
+    "it back. Completing a recurring task creates its next occurrence.",
+    body=request_body(completion_schema, "Optional: the completion to set.", required=False),
+    response=CHANGED_TASK,
+    etag=True,
+    conditional=True,
+    errors=[404],
+)
 def complete_task(task_id):
     """No body toggles; `{"completed": bool}` sets, so a retry cannot flip it back."""
     versions = if_match_versions(task_id)
@@ -139,5 +200,6 @@ def complete_task(task_id):
 
 
 @bp.patch("/tasks/<int(signed=True):task_id>/mark-reminder-sent")
+@operation("Mark a task's reminder as sent", response=TASK, etag=True, conditional=True, errors=[404])
 def mark_reminder_sent(task_id):
     return one_task(models.mark_reminder_sent(get_db(), g.user_id, task_id, if_match_versions(task_id)))

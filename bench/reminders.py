@@ -4,7 +4,7 @@
         [--no-verify] [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
 
 On a throwaway Postgres database (dropped at the end), it inserts --users users'
-push subscriptions, one each, at the tests' push service (tests/push_service.py),
+push subscriptions, one each, at the tests' push service (tests/support/push_service.py),
 and --reminders due reminders spread over them; then one worker (`Worker.run_pass`,
 what `flask --app todo_api reminders send-due` runs) pushes them all, and the
 script prints the reminders delivered per second. The push service checks each
@@ -21,10 +21,10 @@ import uuid
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 
-from push_service import PushService  # noqa: E402
 from sqlalchemy import create_engine, insert, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from support.push_service import PushService  # noqa: E402
 from todo_api import create_app  # noqa: E402
 from todo_api.database import get_engine, normalize_url  # noqa: E402
 from todo_api.delivery import generate_vapid_keys  # noqa: E402

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -28,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN_URL, SECRET, base_config
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from support import ADMIN_URL, SECRET, base_config, free_port
 from todo_api import create_app
 from todo_api.database import get_engine, normalize_url
 from todo_api.migrate import create_schema
@@ -42,6 +41,8 @@ COOKIE_NAME = "better-auth.session_token"
 PASSWORD = "correct-horse-battery-staple"
 START_TIMEOUT = 30
 NOT_AUTHENTICATED = {"detail": "Not authenticated"}
+
+pytestmark = [pytest.mark.postgres, pytest.mark.node]
 
 
 def lock_digest():
@@ -83,12 +84,6 @@ def database_url():
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class BetterAuth:

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import base_config, sessions_of
 from sqlalchemy import delete, func, inspect, select
 
+from support import base_config, sessions_of
 from todo_api import create_app
 from todo_api.database import get_engine
 from todo_api.tables import idempotency_key, task, user, user_settings

@@ -3,7 +3,8 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import user_id_of
+
+from support import user_id_of
 
 TASK_KEYS = {
     "id",

@@ -16,7 +16,6 @@ from datetime import timedelta
 
 import pytest
 import schemathesis
-from conftest import base_config, user_id_of
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -26,6 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import delete, select
 
+from support import base_config, user_id_of
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.database import get_engine
@@ -35,6 +35,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", 80))  # fuzzing phase; coverage adds its own
 MINIMUM_CASES = 1000
 FUZZ_EMAIL = "fuzz@example.com"
+
+pytestmark = pytest.mark.postgres  # on the run's Postgres database
 
 # Tasks of every shape for the generated requests to act on: the ids that
 # valid requests name are mapped onto the fuzzing user's tasks, so updates,

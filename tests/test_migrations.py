@@ -1,9 +1,9 @@
 """The schema is built by migrations only, and they go both ways without losing rows."""
 
 import pytest
-from conftest import user_id_of
 from sqlalchemy import inspect, text
 
+from support import user_id_of
 from todo_api.database import get_engine
 from todo_api.migrate import current_revision, downgrade, upgrade
 
@@ -69,7 +69,7 @@ def test_upgrade_is_idempotent(app):
     assert current_revision(get_engine(app)) == HEAD
 
 
-@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.backends("postgres")
 def test_keyword_search_is_trigram_indexed_on_postgres(app):
     assert {"ix_task_title_trgm", "ix_task_description_trgm"} <= task_indexes(get_engine(app))
 
@@ -164,7 +164,7 @@ def test_user_settings_have_their_own_table_keyed_by_user(app, client, auth):
     assert client.get("/api/settings", headers=auth).get_json() == {"data": {"time_zone": "UTC"}}
 
 
-@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.backends("postgres")
 def test_the_time_zone_functions_come_and_go_with_0007(app):
     engine = get_engine(app)
 

@@ -7,7 +7,7 @@ import pytest
 from todo_api import apidoc, tasks
 from todo_api.openapi import AUTOMATIC_METHODS, DOCS_ENDPOINTS, SWAGGER_UI_DIR, build_document, openapi_path
 
-pytestmark = pytest.mark.parametrize("backend", ["sqlite"])  # nothing here depends on the database
+pytestmark = pytest.mark.backends("sqlite")  # nothing here depends on the database
 
 SINGLE_TASK = "/api/tasks/{task_id}"
 

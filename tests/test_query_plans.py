@@ -12,10 +12,10 @@ import dataclasses
 from datetime import datetime
 
 import pytest
-from conftest import ADMIN_URL, base_config
 from sqlalchemy import create_engine, text
 from sqlalchemy.dialects import postgresql
 
+from support import ADMIN_URL, base_config
 from todo_api import create_app, listing
 from todo_api.database import get_engine, normalize_url, transaction
 from todo_api.migrate import create_schema

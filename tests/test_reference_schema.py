@@ -9,10 +9,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import ADMIN_URL, base_config
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from support import ADMIN_URL, base_config
 from todo_api import create_app
 from todo_api.database import get_engine, normalize_url
 

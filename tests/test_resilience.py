@@ -1,17 +1,12 @@
 """The service rides out database restarts and outages without a restart of its own."""
 
 import pytest
-from conftest import ADMIN_URL, POSTGRES_BACKENDS
 from sqlalchemy import create_engine, text
 
+from support import ADMIN_URL
 from todo_api.database import get_engine, normalize_url
 
-pytestmark = pytest.mark.parametrize("backend", POSTGRES_BACKENDS, indirect=True)
-
-
-@pytest.fixture
-def backend(request):
-    return request.param
+pytestmark = pytest.mark.backends("postgres", "pgbouncer")
 
 
 def terminate_service_connections(database):

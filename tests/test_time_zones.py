@@ -4,8 +4,8 @@ from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
-from test_conditional import StatementLog, fetch
 
+from support import StatementLog, fetch
 from todo_api import listing
 from todo_api.database import get_engine
 from todo_api.tables import task as task_table

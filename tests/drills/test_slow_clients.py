@@ -21,19 +21,17 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from conftest import base_config, truncate_postgres, user_id_of
-from private_postgres import free_port
 from sqlalchemy import insert
 
 import gunicorn_worker
 from gunicorn_worker import RequestFraming, Verdict
+from support import REPO, base_config, free_port, truncate_postgres, user_id_of
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.config import from_environment
 from todo_api.database import get_engine
 from todo_api.tables import task
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
 # Every request of a well-behaved client answers within this, however many slow clients are connected.
 LATENCY_BOUND = 0.1
@@ -68,6 +66,9 @@ class Service:
             "DATABASE_URL": database_url,
             "GUNICORN_ACCESS_LOG": "true",
             "LOG_LEVEL": "INFO",
+            "SECRET_KEY": "drill-secret-0123456789abcdef",  # production refuses to start without one
+            # The bulk user's whole list in one response (about 6 MB), over the default cap on a page's bytes.
+            "RESPONSE_MAX_BYTES": str(8 * 1024 * 1024),
             # All the load comes from a few addresses and users: counted, never refused.
             "RATELIMIT_PER_IP": "1000000 per minute",
             "RATELIMIT_PER_USER": "1000000 per minute",

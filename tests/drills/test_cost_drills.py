@@ -20,16 +20,13 @@ from collections import Counter
 from urllib.parse import urlencode
 
 import pytest
-import test_drills
-from conftest import base_config
-from test_drills import Service
 
+from drills.harness import Service
+from support import base_config
 from todo_api import config, create_app
 from todo_api.database import get_engine
 
-# The drills' fixtures, for a private cluster of this module's own: its SQL and real sessions on it.
-cluster, issued_tokens = test_drills.cluster, test_drills.issued_tokens
-session_on, sql = test_drills.session_on, test_drills.sql
+pytestmark = pytest.mark.postgres
 
 # Postgres's log line for a cancelled statement, and the one after it that quotes the statement.
 CANCELLED = "ERROR:  canceling statement due to statement timeout"

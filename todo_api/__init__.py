@@ -1,5 +1,7 @@
 """todo-api: per-user tasks behind Better Auth sessions."""
 
+__version__ = "1.0.0"  # the one place it is written: setup.cfg and the OpenAPI document read it
+
 import logging
 from pathlib import Path
 

@@ -21,6 +21,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, current_app, render_template, send_from_directory, url_for
 
+from . import __version__
 from .apidoc import operation, operation_of, response
 from .auth import STATE_CHANGING_METHODS
 from .schemas import CommaList, ErrorSchema, ShownMoment, TaskSchema, UtcInput
@@ -28,7 +29,6 @@ from .schemas import CommaList, ErrorSchema, ShownMoment, TaskSchema, UtcInput
 bp = Blueprint("openapi", __name__)
 
 TITLE = "todo-api"
-VERSION = "1.0.0"
 SWAGGER_UI_DIR = str(importlib.resources.files("flask_swagger_ui").joinpath("dist"))
 AUTOMATIC_METHODS = frozenset({"HEAD", "OPTIONS"})  # Flask answers these for every route
 DOCS_ENDPOINTS = frozenset({"openapi.swagger_ui_asset"})  # the page's own files, not API
@@ -232,7 +232,7 @@ def build_document(app):
     marshmallow = MarshmallowPlugin()
     spec = APISpec(
         title=TITLE,
-        version=VERSION,
+        version=__version__,
         openapi_version="3.1.0",
         plugins=[marshmallow],
         info={

@@ -20,17 +20,17 @@ import os
 import statistics
 import sys
 import time
-import uuid
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import make_url
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.join(REPO, "tests")]  # the tests' support: a throwaway database
 
+from support import throwaway_database  # noqa: E402
 from todo_api import create_app, listing  # noqa: E402
 from todo_api.cli import create_user_session  # noqa: E402
-from todo_api.database import get_engine, normalize_url, transaction  # noqa: E402
+from todo_api.database import get_engine, transaction  # noqa: E402
 from todo_api.migrate import create_schema  # noqa: E402
 from todo_api.schemas import list_query_schema  # noqa: E402
 from todo_api.state import get_cursors  # noqa: E402
@@ -208,16 +208,8 @@ def report(results, sizes):
 
 def main():
     args = parse_args()
-    admin = create_engine(normalize_url(args.admin_url), isolation_level="AUTOCOMMIT")
-    name = f"todo_api_scale_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        run(make_url(args.admin_url).set(database=name).render_as_string(hide_password=False), args)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with throwaway_database(args.admin_url, "todo_api_scale") as url:
+        run(url, args)
 
 
 if __name__ == "__main__":

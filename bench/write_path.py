@@ -17,16 +17,14 @@ import os
 import statistics
 import sys
 import time
-import uuid
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.join(REPO, "tests")]  # the tests' support: a throwaway database
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from support import throwaway_database  # noqa: E402
 from todo_api import create_app  # noqa: E402
 from todo_api.cli import create_user_session  # noqa: E402
-from todo_api.database import get_engine, normalize_url  # noqa: E402
+from todo_api.database import get_engine  # noqa: E402
 
 WARMUPS = 50
 EDIT_FORM = {"title": "Edited", "description": "d", "priority": "high", "category": "work", "tags": ["a", "b"]}
@@ -56,13 +54,7 @@ def main():
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
 
-    admin = create_engine(normalize_url(args.admin_url), isolation_level="AUTOCOMMIT")
-    name = f"todo_api_write_path_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-        connection.execute(text(f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
-    try:
-        url = make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
+    with throwaway_database(args.admin_url, "todo_api_write_path", "synchronous_commit = off") as url:
         app = create_app({"TESTING": True, "DATABASE_URL": url, "RATELIMIT_ENABLED": False, "SECRET_KEY": "bench"})
         assert app.test_cli_runner().invoke(args=["init-db", "--auth-tables"]).exit_code == 0
         with get_engine(app).begin() as connection:
@@ -75,10 +67,6 @@ def main():
             for label, send in scenarios(client, headers, task_id).items():
                 results[label].append(time_requests(send, args.requests))
         get_engine(app).dispose()
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
     print(f"{args.requests} requests x {args.rounds} rounds, median per request")
     for label, rounds in results.items():
         wall = statistics.median(value for value, _ in rounds)

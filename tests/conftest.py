@@ -18,25 +18,23 @@ another way (a private cluster, ADMIN_URL) carries it by hand, as tests that
 need Redis carry `redis` and those that run Node carry `node`.
 """
 
+import contextlib
 import shutil
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from todo_api import create_app
 from todo_api.cli import create_user_session
-from todo_api.database import get_engine, normalize_url
+from todo_api.database import get_engine
 from todo_api.migrate import create_schema
 
 # The shared helpers' asserts explain themselves on failure, as a test's do.
 pytest.register_assert_rewrite("support", "drills.harness")
 
-from support import ADMIN_URL, base_config, truncate_postgres  # noqa: E402
+from support import ADMIN_URL, base_config, throwaway_database, truncate_postgres  # noqa: E402
 from support.pgbouncer import Pooler  # noqa: E402
 from support.pgbouncer import missing_requirement as pooler_missing  # noqa: E402
 
@@ -94,21 +92,15 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def postgres_url():
     """A throwaway Postgres database with the schema, for the whole run."""
-    admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    name = f"todo_api_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:  # noqa: BLE001
-        pytest.exit(f"Postgres is needed for the test suite and is not reachable at {ADMIN_URL}: {error}", 2)
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    app = create_app(base_config(url))
-    create_schema(get_engine(app), app.config, with_auth_tables=True)
-    get_engine(app).dispose()
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(throwaway_database(ADMIN_URL, "todo_api_test"))
+        except Exception as error:  # noqa: BLE001
+            pytest.exit(f"Postgres is needed for the test suite and is not reachable at {ADMIN_URL}: {error}", 2)
+        app = create_app(base_config(url))
+        create_schema(get_engine(app), app.config, with_auth_tables=True)
+        get_engine(app).dispose()
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -130,14 +122,8 @@ def pooled_url(postgres_url, pooler):
 @pytest.fixture
 def empty_postgres_url(postgres_url):
     """A new, empty Postgres database of this test's own, dropped afterwards (postgres_url proves the server is up)."""
-    admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    name = f"todo_api_empty_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_database(ADMIN_URL, "todo_api_empty") as url:
+        yield url
 
 
 @pytest.fixture

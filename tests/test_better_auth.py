@@ -28,9 +28,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from support import ADMIN_URL, SECRET, base_config, free_port
+from support import ADMIN_URL, SECRET, base_config, free_port, throwaway_database
 from todo_api import create_app
 from todo_api.database import get_engine, normalize_url
 from todo_api.migrate import create_schema
@@ -76,14 +75,8 @@ def node():
 @pytest.fixture(scope="module")
 def database_url():
     """A fresh Postgres database for Better Auth and todo-api together, dropped afterwards."""
-    admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    name = f"todo_api_better_auth_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_database(ADMIN_URL, "todo_api_better_auth") as url:
+        yield url
 
 
 class BetterAuth:

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import delete, select
 
-from support import base_config, user_id_of
+from support import FULL_TASK, base_config, user_id_of
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.database import get_engine
@@ -44,15 +44,7 @@ pytestmark = pytest.mark.postgres  # on the run's Postgres database
 # of nearly always answering 404; invalid requests keep their generated ids.
 SEED_TASKS = [
     {"title": "plain"},
-    {
-        "title": "full",
-        "description": "d",
-        "priority": "high",
-        "category": "c",
-        "tags": ["a", "b"],
-        "due_date": "2026-01-31T09:00:00Z",
-        "remind_at": "2026-01-31T08:00:00Z",
-    },
+    FULL_TASK,
     {"title": "daily", "recurrence_pattern": "daily", "due_date": "2026-03-01T00:00:00+01:00"},
     {
         "title": "monthly",

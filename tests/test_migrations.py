@@ -3,7 +3,7 @@
 import pytest
 from sqlalchemy import inspect, text
 
-from support import user_id_of
+from support import REFERENCE_TASK_COLUMNS, user_id_of
 from todo_api.database import get_engine
 from todo_api.migrate import current_revision, downgrade, upgrade
 
@@ -43,18 +43,7 @@ def test_downgrade_to_the_reference_table_and_back_keeps_rows(app, client, auth,
     downgrade(engine, "0001")
     assert current_revision(engine) == "0001"
     columns = {column["name"] for column in inspect(engine).get_columns("task")}
-    assert columns == {
-        "id",
-        "user_id",
-        "title",
-        "description",
-        "completed",
-        "priority",
-        "category",
-        "tags",
-        "created_at",
-        "updated_at",
-    }
+    assert columns == REFERENCE_TASK_COLUMNS
     with engine.connect() as connection:
         assert connection.execute(text("SELECT title FROM task")).scalars().all() == ["survives"]
     upgrade(engine)

@@ -82,7 +82,8 @@ class ServerLog:
 
 
 class Service:
-    """The service under gunicorn, started as the Procfile starts it, output captured."""
+    """The service under gunicorn, started as the Procfile starts it, output captured; `env` over the defaults
+    below (a drill's own deadlines, workers or limits)."""
 
     def __init__(self, database_url, log_path, env=None):
         self.port = free_port()
@@ -143,7 +144,31 @@ class Service:
                 self.process.wait()
 
 
-class WriteLoad:
+class ClientThreads:
+    """Threads that each run `self._run(index)` from entering the `with` block until `self.finished` is set on
+    leaving it; leaving waits up to `join_timeout` seconds for each to end."""
+
+    join_timeout = 60
+
+    def __init__(self, threads):
+        self.finished = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(index,)) for index in range(threads)]
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc):
+        self.finished.set()
+        for thread in self.threads:
+            thread.join(timeout=self.join_timeout)
+
+    def _run(self, index):
+        raise NotImplementedError
+
+
+class WriteLoad(ClientThreads):
     """Client threads creating tasks with unique titles, each on its own kept-alive connection.
 
     Every attempt is recorded as (thread, title, outcome, task id): the HTTP
@@ -157,18 +182,7 @@ class WriteLoad:
         # body, until it is answered, as a client that trusts Idempotency-Key would.
         self.retry_unavailable = retry_unavailable
         self.outcomes = []
-        self.finished = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(index,)) for index in range(threads)]
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_exc):
-        self.finished.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
+        super().__init__(threads)
 
     def _run(self, index):
         headers = {

@@ -13,7 +13,6 @@ Each drill prints its figures (run pytest with -s to see them).
 import http.client
 import re
 import statistics
-import threading
 import time
 import uuid
 from collections import Counter
@@ -21,7 +20,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from drills.harness import Service
+from drills.harness import ClientThreads, Service
 from support import base_config
 from todo_api import config, create_app
 from todo_api.database import get_engine
@@ -101,27 +100,18 @@ def test_a_cancelled_search_leaves_no_search_word_in_the_postgres_log(cluster, s
     print(f"\n[drill: search cancelled] Postgres logged:\n{statements[0][:400]}...")
 
 
-class Attack:
+class Attack(ClientThreads):
     """Client threads, each on a kept-alive connection of its own, sending one request after another until told
     to stop; every answer is recorded as (status, seconds)."""
+
+    join_timeout = 30
 
     def __init__(self, port, token, path, connections):
         self.port, self.path, self.answers = port, path, []
         self.headers = {"Authorization": f"Bearer {token}"}
-        self.finished = threading.Event()
-        self.threads = [threading.Thread(target=self._run) for _ in range(connections)]
+        super().__init__(connections)
 
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_exc):
-        self.finished.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
-
-    def _run(self):
+    def _run(self, _index):
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         while not self.finished.is_set():
             started = time.monotonic()

@@ -9,13 +9,9 @@ Each drill prints its figures (run pytest with -s to see them). All traffic stay
 import errno
 import http.client
 import json
-import os
 import re
 import select
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -24,15 +20,15 @@ import pytest
 from sqlalchemy import insert
 
 import gunicorn_worker
+from drills.harness import Service
 from gunicorn_worker import RequestFraming, Verdict
-from support import REPO, base_config, free_port, truncate_postgres, user_id_of
+from support import base_config, truncate_postgres, user_id_of
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.config import from_environment
 from todo_api.database import get_engine
 from todo_api.tables import task
 
-GUNICORN = os.path.join(os.path.dirname(sys.executable), "gunicorn")
 # Every request of a well-behaved client answers within this, however many slow clients are connected.
 LATENCY_BOUND = 0.1
 # The deadlines of the strict service (seconds), and how late a deadline may be acted on.
@@ -43,6 +39,8 @@ PER_ADDRESS_CAP = 20
 # loopback's socket buffers hold (so their responses stall) and less than the worker buffers.
 BULK_TASKS = 600
 ACCOUNTS = ("reader", "bulk")
+# The bulk user's whole list in one response (about 6 MB), over the default cap on a page's bytes.
+WHOLE_LIST = {"RESPONSE_MAX_BYTES": str(8 * 1024 * 1024)}
 TOO_LARGE = {"detail": "The data value transmitted exceeds the capacity limit."}
 TIMED_OUT_BODY = (
     b'{"detail":"The server closed the network connection because the browser didn\'t finish the request within '
@@ -52,63 +50,6 @@ TIMED_OUT = (
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
     b"Connection: close\r\n\r\n%s" % (len(TIMED_OUT_BODY), TIMED_OUT_BODY)
 )
-
-
-class Service:
-    """gunicorn as the Procfile runs it (`gunicorn --config gunicorn.conf.py wsgi:app`), with settings from env."""
-
-    def __init__(self, database_url, log_path, **settings):
-        self.port = free_port()
-        self.log_path = log_path
-        env = {
-            **os.environ,
-            "PORT": str(self.port),
-            "DATABASE_URL": database_url,
-            "GUNICORN_ACCESS_LOG": "true",
-            "LOG_LEVEL": "INFO",
-            "SECRET_KEY": "drill-secret-0123456789abcdef",  # production refuses to start without one
-            # The bulk user's whole list in one response (about 6 MB), over the default cap on a page's bytes.
-            "RESPONSE_MAX_BYTES": str(8 * 1024 * 1024),
-            # All the load comes from a few addresses and users: counted, never refused.
-            "RATELIMIT_PER_IP": "1000000 per minute",
-            "RATELIMIT_PER_USER": "1000000 per minute",
-            **settings,
-        }
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [GUNICORN, "--config", "gunicorn.conf.py", "wsgi:app"],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self._wait_until_ready()
-
-    def _wait_until_ready(self, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"gunicorn exited:\n{self.output()}"
-            try:
-                if get(self.port, "/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"gunicorn not ready within {timeout} s:\n{self.output()}")
-
-    def output(self):
-        with open(self.log_path, errors="replace") as log:
-            return log.read()
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
 
 
 def get(port, path, token=None, timeout=5):
@@ -232,9 +173,7 @@ def service(postgres_url, accounts, tmp_path_factory):
     running = Service(
         postgres_url,
         tmp_path_factory.mktemp("service") / "gunicorn.log",
-        WEB_CONCURRENCY="2",
-        GUNICORN_THREADS="4",
-        GUNICORN_MAX_CONNECTIONS_PER_ADDRESS="1000",
+        env={**WHOLE_LIST, "GUNICORN_MAX_CONNECTIONS_PER_ADDRESS": "1000"},
     )
     yield running
     running.stop()
@@ -246,13 +185,15 @@ def strict_service(postgres_url, accounts, tmp_path_factory):
     running = Service(
         postgres_url,
         tmp_path_factory.mktemp("strict") / "gunicorn.log",
-        WEB_CONCURRENCY="1",
-        GUNICORN_THREADS="4",
-        GUNICORN_KEEPALIVE=str(STRICT_TIMEOUT),
-        GUNICORN_HEADER_TIMEOUT=str(STRICT_TIMEOUT),
-        GUNICORN_BODY_TIMEOUT=str(STRICT_TIMEOUT),
-        GUNICORN_WRITE_TIMEOUT=str(STRICT_TIMEOUT),
-        GUNICORN_MAX_CONNECTIONS_PER_ADDRESS=str(PER_ADDRESS_CAP),
+        env={
+            **WHOLE_LIST,
+            "WEB_CONCURRENCY": "1",
+            "GUNICORN_KEEPALIVE": str(STRICT_TIMEOUT),
+            "GUNICORN_HEADER_TIMEOUT": str(STRICT_TIMEOUT),
+            "GUNICORN_BODY_TIMEOUT": str(STRICT_TIMEOUT),
+            "GUNICORN_WRITE_TIMEOUT": str(STRICT_TIMEOUT),
+            "GUNICORN_MAX_CONNECTIONS_PER_ADDRESS": str(PER_ADDRESS_CAP),
+        },
     )
     yield running
     running.stop()

@@ -7,14 +7,17 @@ may stop and crash), `push_service` (a Web Push service on 127.0.0.1), and
 `jsdate` (how the next frontend's browser code reads dates).
 """
 
+import contextlib
 import os
 import re
 import socket
+import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, event, select, text, update
+from sqlalchemy import create_engine, delete, event, select, text, update
+from sqlalchemy.engine import make_url
 
-from todo_api.database import get_engine
+from todo_api.database import get_engine, normalize_url
 from todo_api.tables import auth_tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,6 +77,28 @@ def delete_session(app, token):
 
 # -- The database ----------------------------------------------------------------
 
+
+@contextlib.contextmanager
+def throwaway_database(admin_url, prefix, *settings):
+    """A new, empty Postgres database named `<prefix>_<random>` on admin_url's server: its URL, and on leaving, the
+    database dropped, connections and all. `settings` are `ALTER DATABASE ... SET` clauses ("timezone TO 'UTC'")."""
+    admin = create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            with admin.connect() as connection:
+                for setting in settings:
+                    connection.execute(text(f'ALTER DATABASE "{name}" SET {setting}'))
+            yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
 TRUNCATED = ("task", "idempotency_key", "user_settings", "push_subscription", "push_delivery", '"session"', '"user"')
 
 
@@ -99,6 +124,33 @@ class StatementLog:
 
 
 # -- Tasks -------------------------------------------------------------------------
+
+# The task table's columns as the reference backend made them (migration 0001); the API's task has these and the
+# ones later migrations added.
+REFERENCE_TASK_COLUMNS = frozenset(
+    {
+        "id",
+        "user_id",
+        "title",
+        "description",
+        "completed",
+        "priority",
+        "category",
+        "tags",
+        "created_at",
+        "updated_at",
+    }
+)
+# A create body that sets every field a plain task has: a due date with microseconds and an offset, a reminder in UTC.
+FULL_TASK = {
+    "title": "full",
+    "description": "d",
+    "priority": "high",
+    "category": "c",
+    "tags": ["a", "b"],
+    "due_date": "2026-02-28T23:59:59.999999+05:00",
+    "remind_at": "2026-02-28T12:00:00Z",
+}
 
 EPOCH = datetime(1970, 1, 1)
 MICROSECOND = timedelta(microseconds=1)

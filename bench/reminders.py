@@ -78,6 +78,7 @@ def main():
             app = create_app(
                 {
                     "DATABASE_URL": url,
+                    "SECRET_KEY": "reminders-bench-secret-0123456789",
                     "VAPID_PUBLIC_KEY": public_key,
                     "VAPID_PRIVATE_KEY": private_key,
                     "VAPID_SUBJECT": "mailto:bench@example.com",

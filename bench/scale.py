@@ -98,7 +98,7 @@ def parse_args():
 
 def fill(connection, user_id, size):
     connection.execution_options(statement_timeout_ms=0)  # the app's timeout is for requests, not bulk loads
-    connection.execute(text("TRUNCATE task RESTART IDENTITY"))
+    connection.execute(text("TRUNCATE task RESTART IDENTITY CASCADE"))
     connection.execute(text("SELECT setseed(0.42)"))
     connection.execute(FILL, {"n": size, "others": False, "user_id": user_id})
     connection.execute(FILL, {"n": size, "others": True, "user_id": user_id})

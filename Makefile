@@ -1,10 +1,10 @@
-# One command to run the service on SQLite, one to run the whole test suite,
-# one to benchmark the service beside the reference backend (bench/README.md).
+# One command to run the service on SQLite, one to run the whole test suite (and a quick run on SQLite alone,
+# without Postgres, Redis or Node), one to benchmark the service beside the reference backend (bench/README.md).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format bench install clean
+.PHONY: run test test-quick lint format bench install clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: install
 
 test: install
 	$(BIN)/pytest
+
+# The tests that need nothing but Python, on SQLite: those marked postgres, redis or node are left out.
+test-quick: install
+	$(BIN)/pytest -m "not postgres and not redis and not node"
 
 lint: install
 	$(BIN)/ruff check .

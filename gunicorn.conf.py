@@ -4,20 +4,26 @@ import os
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# gthread, but a stopping worker serves the connections already waiting instead of resetting them.
-worker_class = "gunicorn_worker.DrainingThreadWorker"
+# gthread, but no thread waits on a client: requests are read and responses sent by the worker's main thread,
+# under the deadlines GUNICORN_HEADER_TIMEOUT, GUNICORN_BODY_TIMEOUT and GUNICORN_WRITE_TIMEOUT, with at most
+# GUNICORN_MAX_CONNECTIONS_PER_ADDRESS connections per client address (read by the worker, see
+# gunicorn_worker.py); and a stopping worker serves the connections already waiting instead of resetting them.
+worker_class = "gunicorn_worker.BufferingThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# Open connections per worker, idle and slow ones included; past it the worker stops accepting for a moment.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 # Under the platform router's 30 s, so a stuck request is ended by us, with a log line.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "25"))
 # On SIGTERM, workers stop accepting and get this long to finish in-flight requests.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
-keepalive = 5
+# Seconds an idle connection (new, or kept alive between requests) stays open.
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = max_requests // 10
 accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG", "true").lower() in ("1", "true", "yes", "on") else None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-# No Authorization header or cookie in the access log format: only the request line.
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# Method, path and protocol: no query string (it carries search words and page cursors), no header.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms'
 # No runtime control socket: its default path is one per user, shared by every gunicorn on the machine.
 control_socket_disable = True

@@ -28,7 +28,7 @@ from flask import Flask, Response, request
 
 # -- The session lookup ------------------------------------------------------
 # The statement todo-api sends at the start of every /api request
-# (todo_api/models.py `session_lookup`, run by todo_api/auth.py `authenticate`),
+# (todo_api/auth.py `session_lookup`, run by `authenticate`),
 # and its parameters. When the service's lookup changes, change these two.
 SESSION_LOOKUP = (
     'SET LOCAL statement_timeout = 5000; SELECT session."userId" \nFROM session \n'
@@ -40,7 +40,7 @@ def session_lookup_parameters(token):
     return {"digest": hashlib.sha256(token.encode()).digest()}
 
 
-# -- The work: todo_api/models.py and listing.py, as they compile for psycopg2 --
+# -- The work: todo_api/task_store.py and listing.py, as they compile for psycopg2 --
 TASK_COLUMNS = (
     "task.id, task.user_id, task.title, task.description, task.completed, task.priority, task.category, "
     "task.tags, task.created_at, task.updated_at, task.due_date, task.recurrence_pattern, task.remind_at, "

@@ -49,6 +49,7 @@ sys.path.insert(0, REPO)
 
 from todo_api import create_app, listing  # noqa: E402
 from todo_api.schemas import list_query_schema  # noqa: E402
+from todo_api.state import get_cursors  # noqa: E402
 
 SMALL_USERS = 100
 TASKS_PER_USER = 20
@@ -283,7 +284,7 @@ def claim_costs(args, base, repeats=7):
 
 def sort_costs(args, base, app, repeats=15):
     """Median execution time (ms) of a first page of 50 per variant, sort and list size."""
-    cursors = app.extensions["todo_api.cursors"]
+    cursors = get_cursors(app)
     dialect = postgresql.psycopg2.dialect()
     costs = {}
     for variant in args.variants:

@@ -4,7 +4,7 @@
         [--no-verify] [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
 
 On a throwaway Postgres database (dropped at the end), it inserts --users users'
-push subscriptions, one each, at the tests' push service (tests/push_service.py),
+push subscriptions, one each, at the tests' push service (tests/support/push_service.py),
 and --reminders due reminders spread over them; then one worker (`Worker.run_pass`,
 what `flask --app todo_api reminders send-due` runs) pushes them all, and the
 script prints the reminders delivered per second. The push service checks each
@@ -16,20 +16,21 @@ import argparse
 import os
 import sys
 import time
-import uuid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
 
-from push_service import PushService  # noqa: E402
-from sqlalchemy import create_engine, insert, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import insert  # noqa: E402
 
+from support import throwaway_database  # noqa: E402
+from support.push_service import PushService  # noqa: E402
 from todo_api import create_app  # noqa: E402
-from todo_api.database import get_engine, normalize_url  # noqa: E402
+from todo_api.database import get_engine  # noqa: E402
 from todo_api.delivery import generate_vapid_keys  # noqa: E402
-from todo_api.models import create_schema, push_subscription, task, utcnow  # noqa: E402
+from todo_api.migrate import create_schema  # noqa: E402
 from todo_api.reminders import Worker  # noqa: E402
+from todo_api.tables import push_subscription, task  # noqa: E402
+from todo_api.timezones import utcnow  # noqa: E402
 
 
 def parse_args():
@@ -71,47 +72,40 @@ def seed(app, service, users, reminders):
 def main():
     args = parse_args()
     public_key, private_key = generate_vapid_keys()
-    name = f"todo_api_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(normalize_url(args.admin_url), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    service = PushService(public_key, verify=not args.no_verify).start()
-    app = None
-    try:
-        app = create_app(
-            {
-                "DATABASE_URL": make_url(args.admin_url).set(database=name).render_as_string(hide_password=False),
-                "VAPID_PUBLIC_KEY": public_key,
-                "VAPID_PRIVATE_KEY": private_key,
-                "VAPID_SUBJECT": "mailto:bench@example.com",
-                "PUSH_ALLOW_INSECURE_ENDPOINTS": True,
-                "REMINDER_BATCH_SIZE": args.batch,
-                "REMINDER_PUSH_THREADS": args.threads,
-                "LOG_LEVEL": "WARNING",
-            }
-        )
-        create_schema(get_engine(app), app.config, with_auth_tables=False)
-        seed(app, service, args.users, args.reminders)
-        worker = Worker.from_app(app)
-        started = time.perf_counter()
-        counts = worker.run_pass()
-        elapsed = time.perf_counter() - started
-        worker.close()
-        delivered = counts["delivered"]
-        checked = "checked and decrypted" if service.verify else "counted only"
-        print(
-            f"{delivered} of {args.reminders} reminders delivered in {elapsed:.2f} s: {delivered / elapsed:,.0f}/s "
-            f"(one worker, batch {args.batch}, {args.threads} threads; push service: {checked}, "
-            f"{service.requests} requests, {len(service.failures)} failed checks)"
-        )
-        return 0 if delivered == args.reminders and not service.failures else 1
-    finally:
-        service.stop()
-        if app is not None:
+    with throwaway_database(args.admin_url, "todo_api_bench") as url:
+        service = PushService(public_key, verify=not args.no_verify).start()
+        try:
+            app = create_app(
+                {
+                    "DATABASE_URL": url,
+                    "SECRET_KEY": "reminders-bench-secret-0123456789",
+                    "VAPID_PUBLIC_KEY": public_key,
+                    "VAPID_PRIVATE_KEY": private_key,
+                    "VAPID_SUBJECT": "mailto:bench@example.com",
+                    "PUSH_ALLOW_INSECURE_ENDPOINTS": True,
+                    "REMINDER_BATCH_SIZE": args.batch,
+                    "REMINDER_PUSH_THREADS": args.threads,
+                    "LOG_LEVEL": "WARNING",
+                }
+            )
+            create_schema(get_engine(app), app.config, with_auth_tables=False)
+            seed(app, service, args.users, args.reminders)
+            worker = Worker.from_app(app)
+            started = time.perf_counter()
+            counts = worker.run_pass()
+            elapsed = time.perf_counter() - started
+            worker.close()
             get_engine(app).dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        finally:
+            service.stop()
+    delivered = counts["delivered"]
+    checked = "checked and decrypted" if service.verify else "counted only"
+    print(
+        f"{delivered} of {args.reminders} reminders delivered in {elapsed:.2f} s: {delivered / elapsed:,.0f}/s "
+        f"(one worker, batch {args.batch}, {args.threads} threads; push service: {checked}, "
+        f"{service.requests} requests, {len(service.failures)} failed checks)"
+    )
+    return 0 if delivered == args.reminders and not service.failures else 1
 
 
 if __name__ == "__main__":

@@ -15,22 +15,25 @@ Usage:
 """
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
 import time
-import uuid
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import make_url
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.join(REPO, "tests")]  # the tests' support: a throwaway database
 
+from support import throwaway_database  # noqa: E402
 from todo_api import create_app, listing  # noqa: E402
 from todo_api.cli import create_user_session  # noqa: E402
-from todo_api.database import get_engine, normalize_url, transaction  # noqa: E402
-from todo_api.models import create_schema  # noqa: E402
+from todo_api.database import get_engine, transaction  # noqa: E402
+from todo_api.migrate import create_schema  # noqa: E402
+from todo_api.schemas import list_query_schema  # noqa: E402
+from todo_api.state import get_cursors  # noqa: E402
 
 COMMON_WORD = "quarterly"  # in the title of every 100th task
 RARE_WORD = "zeppelin"  # in the description of five tasks of each user
@@ -95,7 +98,7 @@ def parse_args():
 
 def fill(connection, user_id, size):
     connection.execution_options(statement_timeout_ms=0)  # the app's timeout is for requests, not bulk loads
-    connection.execute(text("TRUNCATE task RESTART IDENTITY"))
+    connection.execute(text("TRUNCATE task RESTART IDENTITY CASCADE"))
     connection.execute(text("SELECT setseed(0.42)"))
     connection.execute(FILL, {"n": size, "others": False, "user_id": user_id})
     connection.execute(FILL, {"n": size, "others": True, "user_id": user_id})
@@ -110,7 +113,7 @@ def middle_cursor(app, connection, user_id, size):
         text("SELECT id, created_at FROM task WHERE user_id = :u ORDER BY created_at DESC, id DESC OFFSET :k LIMIT 1"),
         {"u": user_id, "k": size // 2 - 1},
     ).one()
-    return app.extensions["todo_api.cursors"].dump("created_at", True, row)
+    return get_cursors(app).dump("created_at", True, row)
 
 
 def timed(client, headers, url, repeat):
@@ -128,8 +131,8 @@ def timed(client, headers, url, repeat):
 
 
 def explain_search(app, connection, user_id, word):
-    cursors = app.extensions["todo_api.cursors"]
-    statement = listing.list_statement(user_id, {"q": word, "limit": 50}, "postgresql", cursors)
+    query = dataclasses.replace(list_query_schema.load({}), q=word, limit=50)
+    statement = listing.list_statement(user_id, query, "postgresql", get_cursors(app))
     sql = statement.compile(dialect=postgresql.dialect(paramstyle="named"), compile_kwargs={"literal_binds": True})
     with transaction(connection, setting=(listing.SEARCH_SETTING, listing.LITERAL_REGEX + word)):  # as the app does
         plan = connection.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")).scalars().all()
@@ -205,16 +208,8 @@ def report(results, sizes):
 
 def main():
     args = parse_args()
-    admin = create_engine(normalize_url(args.admin_url), isolation_level="AUTOCOMMIT")
-    name = f"todo_api_scale_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        run(make_url(args.admin_url).set(database=name).render_as_string(hide_password=False), args)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with throwaway_database(args.admin_url, "todo_api_scale") as url:
+        run(url, args)
 
 
 if __name__ == "__main__":

@@ -22,20 +22,24 @@ Usage:
 """
 
 import argparse
+import dataclasses
 import functools
 import os
 import statistics
 import sys
 import time
-import uuid
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.join(REPO, "tests")]  # the tests' support: a throwaway database
 
+from support import throwaway_database  # noqa: E402
 from todo_api import create_app, listing  # noqa: E402
-from todo_api.database import get_engine, normalize_url, upgrade  # noqa: E402
+from todo_api.database import get_engine  # noqa: E402
+from todo_api.migrate import upgrade  # noqa: E402
+from todo_api.schemas import list_query_schema  # noqa: E402
+from todo_api.state import get_cursors  # noqa: E402
 
 TASKS = 1000
 # user: the piece its texts repeat; each text ends in every trigram the keywords below need.
@@ -95,7 +99,8 @@ def timed_row(connection, cursors, user_id, word, repeat):
         count = functools.partial(lambda s: connection.execute(s, params).scalar(), statement)
         counts.add(count())
         cells.append(median_ms(count, repeat))
-    search = functools.partial(listing.find_tasks, connection, user_id, {"q": word, "limit": 50}, cursors)
+    query = dataclasses.replace(list_query_schema.load({}), q=word, limit=50)
+    search = functools.partial(listing.find_tasks, connection, user_id, query, cursors)
     counts.add(len(search()))
     cells.append(median_ms(search, repeat))
     return cells, counts
@@ -105,7 +110,7 @@ def run(url, args):
     settings = {"DATABASE_URL": url, "LOG_LEVEL": "WARNING", "DATABASE_STATEMENT_TIMEOUT_MS": 0}
     app = create_app({**settings, "SECRET_KEY": "search-cost-secret-0123456789abcdef"})
     engine = get_engine(app)
-    cursors = app.extensions["todo_api.cursors"]
+    cursors = get_cursors(app)
     try:
         upgrade(engine)
         with engine.connect() as connection:
@@ -113,7 +118,7 @@ def run(url, args):
                 title = (piece * 255)[: 255 - len(BAIT)] + BAIT
                 description = (piece * 10_000)[: 10_000 - len(BAIT)] + BAIT
                 connection.execute(FILL, {"user_id": user_id, "title": title, "description": description, "n": TASKS})
-            connection.execute(text("VACUUM ANALYZE task"))
+            connection.execution_options(statement_timeout_ms=0).execute(text("VACUUM ANALYZE task"))
             print(f"{TASKS:,} tasks of 255 + 10,000 characters per user; median ms of {args.repeat} runs\n")
             print(f"{'text':<5} {'keyword':<22}" + "".join(f"{name:>9}" for name in [*MATCHERS, "service"]))
             for user_id, word in KEYWORDS:
@@ -127,16 +132,8 @@ def run(url, args):
 
 def main():
     args = parse_args()
-    admin = create_engine(normalize_url(args.admin_url), isolation_level="AUTOCOMMIT")
-    name = f"todo_api_search_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        run(make_url(args.admin_url).set(database=name).render_as_string(hide_password=False), args)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with throwaway_database(args.admin_url, "todo_api_search") as url:
+        run(url, args)
 
 
 if __name__ == "__main__":

@@ -1,37 +1,49 @@
-"""Fixtures: a fresh app per test on a real database, real users and sessions.
+"""Fixtures, and how each test picks its database; plain helpers are in support/ (`from support import ...`).
 
-Tests that take `app` or `client` run on Postgres (a throwaway database made
-for this run and dropped after it), on SQLite (a file per test), and, when
-pgbouncer is installed, on the same Postgres database through a PgBouncer in
-transaction mode (`pgbouncer`), as a deployment on Neon's pooled URL runs.
+Tests that take `app`, `client`, `make_app` or `backend` run once per backend:
+`postgres` (a throwaway database made for this run and dropped after it),
+`sqlite` (a file per test), and, when pgbouncer is installed, `pgbouncer` (the
+same Postgres database through a PgBouncer in transaction mode, as a deployment
+on Neon's pooled URL runs). `@pytest.mark.backends("postgres", "pgbouncer")` on
+a test, or as a module's `pytestmark`, runs it on those backends only.
 Postgres is found through TEST_POSTGRES_URL, by default the local server's
 `postgres` database, which is only used to create and drop the throwaway one;
 the schema is always migrated on the direct URL.
+
+What a test needs beyond Python is a marker, so that `make test-quick`
+(`-m "not postgres and not redis and not node"`) runs the rest anywhere:
+`postgres` is set here on the postgres and pgbouncer runs and on every test
+that takes one of the Postgres fixtures below; a test that reaches Postgres
+another way (a private cluster, ADMIN_URL) carries it by hand, as tests that
+need Redis carry `redis` and those that run Node carry `node`.
 """
 
-import os
+import contextlib
 import shutil
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from pgbouncer import Pooler
-from pgbouncer import missing_requirement as pooler_missing
-from sqlalchemy import create_engine, delete, select, text, update
-from sqlalchemy.engine import make_url
 
 from todo_api import create_app
 from todo_api.cli import create_user_session
-from todo_api.database import get_engine, normalize_url
-from todo_api.models import auth_tables, create_schema
+from todo_api.database import get_engine
+from todo_api.migrate import create_schema
 
-ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-SECRET = "test-secret-of-reasonable-length-0123456789"
+# The shared helpers' asserts explain themselves on failure, as a test's do.
+pytest.register_assert_rewrite("support", "drills.harness")
+
+from support import ADMIN_URL, base_config, throwaway_database, truncate_postgres  # noqa: E402
+from support.pgbouncer import Pooler  # noqa: E402
+from support.pgbouncer import missing_requirement as pooler_missing  # noqa: E402
+
 POOLER_MISSING = pooler_missing()
 BACKENDS = ["postgres", "sqlite"] if POOLER_MISSING else ["postgres", "sqlite", "pgbouncer"]
 POSTGRES_BACKENDS = [backend for backend in BACKENDS if backend != "sqlite"]
+KNOWN_BACKENDS = ["postgres", "sqlite", "pgbouncer"]
+# A test that takes one of these needs the Postgres server: it is marked `postgres`.
+POSTGRES_FIXTURES = {"postgres_url", "empty_postgres_url", "pooled_url", "pooler"}
 
 
 def pytest_report_header():
@@ -40,41 +52,55 @@ def pytest_report_header():
     return "database tests: postgres, sqlite, and postgres through pgbouncer (transaction mode)"
 
 
-def base_config(database_url, **overrides):
-    return {
-        "TESTING": True,
-        "DATABASE_URL": database_url,
-        # Migrations run on DATABASE_URL unless a test says otherwise: a developer's own setting is never used.
-        "DATABASE_MIGRATION_URL": None,
-        "BETTER_AUTH_SECRET": None,
-        "CORS_ORIGINS": ["http://localhost:3000"],
-        # Rate limits stay on at their defaults, counted in memory: a developer's REDIS_URL is never used.
-        "REDIS_URL": None,
-        # Except the bound on one user's requests in progress, which is per worker process: tests that send many
-        # requests of one user at once from threads stand for many workers. It has tests of its own.
-        "RATELIMIT_CONCURRENT_PER_USER": 0,
-        **overrides,
-    }
+def parametrized_names(mark):
+    names = mark.args[0] if mark.args else mark.kwargs["argnames"]
+    return [name.strip() for name in names.split(",")] if isinstance(names, str) else list(names)
+
+
+def backend_param(name):
+    if name == "pgbouncer" and POOLER_MISSING:
+        return pytest.param(name, marks=[pytest.mark.postgres, pytest.mark.skip(reason=POOLER_MISSING)])
+    return pytest.param(name, marks=[pytest.mark.postgres] if name != "sqlite" else [])
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrize `backend`: every backend available, or those the test's `backends` marker names."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    test = metafunc.definition
+    if any("backend" in parametrized_names(mark) for mark in test.iter_markers("parametrize")):
+        pytest.fail(f"{test.nodeid}: pick backends with @pytest.mark.backends(...), not parametrize", pytrace=False)
+    marker = test.get_closest_marker("backends")
+    if marker is None:
+        names = BACKENDS
+    else:
+        unknown = [name for name in marker.args if name not in KNOWN_BACKENDS]
+        if unknown or not marker.args:
+            named = ", ".join(map(repr, marker.args))
+            pytest.fail(f"{test.nodeid}: backends({named}) must name some of {KNOWN_BACKENDS}", pytrace=False)
+        names = [name for name in KNOWN_BACKENDS if name in marker.args]
+    metafunc.parametrize("backend", [backend_param(name) for name in names], indirect=True)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if POSTGRES_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(scope="session")
 def postgres_url():
     """A throwaway Postgres database with the schema, for the whole run."""
-    admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    name = f"todo_api_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:  # noqa: BLE001
-        pytest.exit(f"Postgres is needed for the test suite and is not reachable at {ADMIN_URL}: {error}", 2)
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    app = create_app(base_config(url))
-    create_schema(get_engine(app), app.config, with_auth_tables=True)
-    get_engine(app).dispose()
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(throwaway_database(ADMIN_URL, "todo_api_test"))
+        except Exception as error:  # noqa: BLE001
+            pytest.exit(f"Postgres is needed for the test suite and is not reachable at {ADMIN_URL}: {error}", 2)
+        app = create_app(base_config(url))
+        create_schema(get_engine(app), app.config, with_auth_tables=True)
+        get_engine(app).dispose()
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -96,26 +122,13 @@ def pooled_url(postgres_url, pooler):
 @pytest.fixture
 def empty_postgres_url(postgres_url):
     """A new, empty Postgres database of this test's own, dropped afterwards (postgres_url proves the server is up)."""
-    admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    name = f"todo_api_empty_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_database(ADMIN_URL, "todo_api_empty") as url:
+        yield url
 
 
-TRUNCATED = ("task", "idempotency_key", "user_settings", "push_subscription", "push_delivery", '"session"', '"user"')
-
-
-def truncate_postgres(engine):
-    with engine.connect() as connection, connection.execution_options(statement_timeout_ms=0).begin():
-        connection.execute(text(f"TRUNCATE {', '.join(TRUNCATED)} RESTART IDENTITY CASCADE"))
-
-
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture
 def backend(request):
+    """The backend of this run of the test (see pytest_generate_tests)."""
     return request.param
 
 
@@ -196,29 +209,6 @@ def auth(token):
 @pytest.fixture
 def other_auth(new_session):
     return {"Authorization": f"Bearer {new_session('mallory@example.com')}"}
-
-
-def sessions_of(app):
-    return auth_tables(app.config).tables[app.config["SESSION_TABLE"]]
-
-
-def user_id_of(app, token):
-    sessions = sessions_of(app)
-    with get_engine(app).connect() as connection:
-        return connection.execute(select(sessions.c.userId).where(sessions.c.token == token)).scalar_one()
-
-
-def expire_session(app, token):
-    sessions = sessions_of(app)
-    past = datetime.now(UTC) - timedelta(seconds=1)
-    with get_engine(app).begin() as connection:
-        connection.execute(update(sessions).where(sessions.c.token == token).values(expiresAt=past))
-
-
-def delete_session(app, token):
-    sessions = sessions_of(app)
-    with get_engine(app).begin() as connection:
-        connection.execute(delete(sessions).where(sessions.c.token == token))
 
 
 @pytest.fixture

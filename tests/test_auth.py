@@ -5,9 +5,9 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
 import pytest
-from conftest import SECRET, base_config, delete_session, expire_session
 from sqlalchemy import text
 
+from support import SECRET, base_config, delete_session, expire_session
 from todo_api import create_app
 from todo_api.auth import sign
 from todo_api.database import get_engine
@@ -84,7 +84,7 @@ def better_auth_sqlite_time(moment, form):
     return moment.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")  # SQLAlchemy's own text
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.backends("sqlite")
 @pytest.mark.parametrize("form", ["iso", "milliseconds", "sqlalchemy"])
 def test_sqlite_expiry_is_compared_as_time_in_every_form_better_auth_stores(app, client, token, auth, form):
     """A text comparison would keep an ISO `...T...Z` session alive until the end of its day."""

@@ -11,10 +11,10 @@ from datetime import datetime
 import orjson
 import psycopg2.extensions
 import pytest
-from conftest import base_config, truncate_postgres
 from sqlalchemy import event
 
 from bench import ceiling_app, run
+from support import base_config, truncate_postgres
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.database import get_engine

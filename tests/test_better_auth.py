@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -28,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN_URL, SECRET, base_config
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
+from support import ADMIN_URL, SECRET, base_config, free_port, throwaway_database
 from todo_api import create_app
 from todo_api.database import get_engine, normalize_url
-from todo_api.models import create_schema
+from todo_api.migrate import create_schema
 
 PROJECT = Path(__file__).parent / "betterauth"
 INSTALL_STAMP = PROJECT / "node_modules" / ".installed-lock-sha256"
@@ -42,6 +40,8 @@ COOKIE_NAME = "better-auth.session_token"
 PASSWORD = "correct-horse-battery-staple"
 START_TIMEOUT = 30
 NOT_AUTHENTICATED = {"detail": "Not authenticated"}
+
+pytestmark = [pytest.mark.postgres, pytest.mark.node]
 
 
 def lock_digest():
@@ -75,20 +75,8 @@ def node():
 @pytest.fixture(scope="module")
 def database_url():
     """A fresh Postgres database for Better Auth and todo-api together, dropped afterwards."""
-    admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    name = f"todo_api_better_auth_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    with throwaway_database(ADMIN_URL, "todo_api_better_auth") as url:
+        yield url
 
 
 class BetterAuth:

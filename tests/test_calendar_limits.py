@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import update
 
 from todo_api.database import get_engine
-from todo_api.models import task
+from todo_api.tables import task
 
 
 @pytest.mark.parametrize(

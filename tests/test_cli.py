@@ -6,13 +6,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import base_config, sessions_of
 from sqlalchemy import delete, func, inspect, select
 
+from support import base_config, sessions_of
 from todo_api import create_app
 from todo_api.database import get_engine
-from todo_api.idempotency import idempotency_key
-from todo_api.models import task, user, user_settings
+from todo_api.tables import idempotency_key, task, user, user_settings
 
 UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:9/nowhere"  # the discard port: nothing listens
 DIALECTS = {"postgres": "postgresql", "pgbouncer": "postgresql", "sqlite": "sqlite"}
@@ -43,32 +42,18 @@ def test_init_db_is_idempotent_and_keeps_rows(app, client, auth, create_task, ba
     assert client.get("/api/tasks", headers=auth).get_json() == {"data": [task]}
 
 
-def test_init_db_without_auth_tables_creates_only_the_service_tables(fresh_sqlite_app):
-    result = fresh_sqlite_app.test_cli_runner().invoke(args=["init-db", "--no-auth-tables"])
-    assert (result.exit_code, result.output) == (0, "Initialized the database (sqlite).\n")
-    assert set(inspect(get_engine(fresh_sqlite_app)).get_table_names()) == {
-        "alembic_version",
-        "task",
-        "idempotency_key",
-        "user_settings",
-        "push_subscription",
-        "push_delivery",
-    }
+SERVICE_TABLES = {"alembic_version", "task", "idempotency_key", "user_settings", "push_subscription", "push_delivery"}
 
 
-def test_init_db_on_sqlite_creates_the_auth_tables_by_default(fresh_sqlite_app):
-    result = fresh_sqlite_app.test_cli_runner().invoke(args=["init-db"])
+@pytest.mark.parametrize(
+    ("options", "tables"),
+    [([], SERVICE_TABLES | {"user", "session"}), (["--no-auth-tables"], SERVICE_TABLES)],
+    ids=["auth tables by default", "--no-auth-tables"],
+)
+def test_init_db_on_sqlite_creates_the_auth_tables_unless_told_not_to(fresh_sqlite_app, options, tables):
+    result = fresh_sqlite_app.test_cli_runner().invoke(args=["init-db", *options])
     assert (result.exit_code, result.output) == (0, "Initialized the database (sqlite).\n")
-    assert set(inspect(get_engine(fresh_sqlite_app)).get_table_names()) == {
-        "alembic_version",
-        "task",
-        "idempotency_key",
-        "user_settings",
-        "push_subscription",
-        "push_delivery",
-        "user",
-        "session",
-    }
+    assert set(inspect(get_engine(fresh_sqlite_app)).get_table_names()) == tables
 
 
 def test_create_session_prints_a_token_that_authenticates(app, client):

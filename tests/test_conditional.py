@@ -1,17 +1,15 @@
 """ETags on one-task responses; If-Match makes writes conditional, atomically; If-None-Match on a read."""
 
-import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 
+from support import MICROSECOND, StatementLog, expected_etag, fetch, naive_utc
 from todo_api.database import get_engine
-from todo_api.models import task as task_table
+from todo_api.tables import task as task_table
 
-EPOCH = datetime(1970, 1, 1)
-MICROSECOND = timedelta(microseconds=1)
 STALE = {"detail": "The task has changed since it was read (If-Match does not match its ETag); fetch it again"}
 NOT_FOUND = {"detail": "Task not found"}
 THREADS = 12
@@ -19,20 +17,6 @@ THREADS = 12
 
 def utcnow():
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-def naive_utc(value):
-    return datetime.fromisoformat(value).replace(tzinfo=None)
-
-
-def expected_etag(task):
-    return f'"{task["id"]}-{(naive_utc(task["updated_at"]) - EPOCH) // MICROSECOND}"'
-
-
-def fetch(client, auth, task_id):
-    response = client.get(f"/api/tasks/{task_id}", headers=auth)
-    assert response.status_code == 200
-    return response.get_json()["data"], response.headers["ETag"]
 
 
 def count_tasks(client, auth):
@@ -292,25 +276,6 @@ def test_etag_is_exposed_to_the_browser(client, auth, create_task):
         "x-ratelimit-reset",
         "retry-after",
     }
-
-
-TIMEOUT_PREFIX = re.compile(r"^SET LOCAL statement_timeout = \d+; ")
-
-
-class StatementLog:
-    """The first word of each SQL statement an engine runs (after the statement timeout each one carries)."""
-
-    TIMEOUT_PREFIX = re.compile(r"SET LOCAL statement_timeout = \d+; ")
-
-    def __init__(self, app):
-        self.engine, self.statements = get_engine(app), []
-        event.listen(self.engine, "before_cursor_execute", self.record)
-
-    def record(self, _connection, _cursor, statement, *_args):
-        self.statements.append(self.TIMEOUT_PREFIX.sub("", statement, count=1).split()[0].upper())
-
-    def close(self):
-        event.remove(self.engine, "before_cursor_execute", self.record)
 
 
 def test_plain_writes_stay_single_statements_with_or_without_if_match(app, client, auth, create_task):

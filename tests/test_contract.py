@@ -3,19 +3,10 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import user_id_of
 
-TASK_KEYS = {
-    "id",
-    "user_id",
-    "title",
-    "description",
-    "completed",
-    "priority",
-    "category",
-    "tags",
-    "created_at",
-    "updated_at",
+from support import REFERENCE_TASK_COLUMNS, user_id_of
+
+TASK_KEYS = REFERENCE_TASK_COLUMNS | {
     "due_date",
     "due_all_day",
     "recurrence_pattern",

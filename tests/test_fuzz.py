@@ -16,7 +16,6 @@ from datetime import timedelta
 
 import pytest
 import schemathesis
-from conftest import base_config, user_id_of
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -26,15 +25,18 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import delete, select
 
+from support import FULL_TASK, base_config, user_id_of
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.database import get_engine
-from todo_api.models import push_subscription, task, user, user_settings
+from todo_api.tables import push_subscription, task, user, user_settings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", 80))  # fuzzing phase; coverage adds its own
 MINIMUM_CASES = 1000
 FUZZ_EMAIL = "fuzz@example.com"
+
+pytestmark = pytest.mark.postgres  # on the run's Postgres database
 
 # Tasks of every shape for the generated requests to act on: the ids that
 # valid requests name are mapped onto the fuzzing user's tasks, so updates,
@@ -42,15 +44,7 @@ FUZZ_EMAIL = "fuzz@example.com"
 # of nearly always answering 404; invalid requests keep their generated ids.
 SEED_TASKS = [
     {"title": "plain"},
-    {
-        "title": "full",
-        "description": "d",
-        "priority": "high",
-        "category": "c",
-        "tags": ["a", "b"],
-        "due_date": "2026-01-31T09:00:00Z",
-        "remind_at": "2026-01-31T08:00:00Z",
-    },
+    FULL_TASK,
     {"title": "daily", "recurrence_pattern": "daily", "due_date": "2026-03-01T00:00:00+01:00"},
     {
         "title": "monthly",

@@ -3,12 +3,11 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import user_id_of
 from sqlalchemy import func, select, update
-from test_conditional import StatementLog, expected_etag
 
+from support import StatementLog, expected_etag, user_id_of
 from todo_api.database import get_engine
-from todo_api.idempotency import idempotency_key
+from todo_api.tables import idempotency_key
 
 REUSED = {"detail": "This Idempotency-Key was already used with a different request body"}
 BAD_KEY = {

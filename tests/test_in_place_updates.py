@@ -10,9 +10,10 @@ reading them.
 import pytest
 from sqlalchemy import text
 
-from todo_api.database import current_revision, downgrade, get_engine, upgrade
+from todo_api.database import get_engine
+from todo_api.migrate import current_revision, downgrade, upgrade
 
-pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+pytestmark = pytest.mark.backends("postgres")
 
 TASK_INDEXES = text("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'task'")
 TASK_OPTIONS = text("SELECT reloptions FROM pg_class WHERE oid = 'task'::regclass")

@@ -58,14 +58,9 @@ def while_locked(app, task_id, requests, threads, meanwhile):
         return responses, seen.result()
 
 
-@pytest.fixture
-def on_postgres(backend):
-    if backend != "postgres":
-        pytest.skip("holds requests on a Postgres row lock")
-
-
+@pytest.mark.backends("postgres")  # holds requests on a Postgres row lock
 def test_one_request_more_than_the_bound_is_429_at_once_and_the_others_finish(
-    app, on_postgres, concurrently, client, auth, other_auth, create_task
+    app, concurrently, client, auth, other_auth, create_task
 ):
     task = create_task(title="before")
     answered = []
@@ -93,7 +88,8 @@ def test_one_request_more_than_the_bound_is_429_at_once_and_the_others_finish(
     assert [response.status_code for response in concurrently(put, LIMIT)] == [200] * LIMIT
 
 
-def test_a_refused_request_changes_nothing(app, on_postgres, concurrently, client, auth, create_task):
+@pytest.mark.backends("postgres")
+def test_a_refused_request_changes_nothing(app, concurrently, client, auth, create_task):
     held, other = create_task(title="held"), create_task(title="untouched")
 
     def put(each_client):

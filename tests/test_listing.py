@@ -6,10 +6,10 @@ from urllib.parse import urlencode
 
 import orjson
 import pytest
-from conftest import user_id_of
 from itsdangerous import URLSafeSerializer
 from sqlalchemy import event, text
 
+from support import user_id_of
 from todo_api import listing
 from todo_api.database import get_engine
 
@@ -405,13 +405,8 @@ def test_the_cursor_counts_against_the_cap_too(make_app, new_session):
         assert [task for page in pages for task in page.get_json()["data"]] == whole
 
 
-@pytest.fixture
-def on_postgres(backend):
-    if backend != "postgres":
-        pytest.skip("Postgres's matcher, statement timeout and log")
-
-
-def test_search_folds_case_beyond_ascii_on_postgres(on_postgres, listed, create_task):
+@pytest.mark.backends("postgres")  # Postgres's matcher, statement timeout and log
+def test_search_folds_case_beyond_ascii_on_postgres(listed, create_task):
     wanted = create_task(title="Ñandú Straße", description="ÉCOLE")
     other = create_task(title="nandu strasse")
     expected = {"ñANDÚ": [wanted["id"]], "école": [wanted["id"]], "ß": [wanted["id"]], "STRASSE": [other["id"]]}
@@ -435,7 +430,8 @@ def insert_long_tasks(app, token, count):
 ATTACK = "a" * 99 + "b"
 
 
-def test_a_search_over_its_time_bound_is_a_503_and_nothing_else_is_bounded_by_it(on_postgres, make_app, token, caplog):
+@pytest.mark.backends("postgres")
+def test_a_search_over_its_time_bound_is_a_503_and_nothing_else_is_bounded_by_it(make_app, token, caplog):
     app = make_app(SEARCH_STATEMENT_TIMEOUT_MS=1)
     insert_long_tasks(app, token, 200)
     client, auth = app.test_client(), {"Authorization": f"Bearer {token}"}
@@ -455,7 +451,8 @@ def test_a_search_over_its_time_bound_is_a_503_and_nothing_else_is_bounded_by_it
     assert response.get_json() == {"data": []}
 
 
-def test_the_search_word_is_not_in_the_text_of_the_select(on_postgres, app, listed, create_task):
+@pytest.mark.backends("postgres")
+def test_the_search_word_is_not_in_the_text_of_the_select(app, listed, create_task):
     wanted = create_task(title="the secret word is zeppelin")
     sent = []
     event.listen(get_engine(app), "after_cursor_execute", lambda *args: sent.append(args[1].query.decode()))

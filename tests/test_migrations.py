@@ -1,10 +1,11 @@
 """The schema is built by migrations only, and they go both ways without losing rows."""
 
 import pytest
-from conftest import user_id_of
 from sqlalchemy import inspect, text
 
-from todo_api.database import current_revision, downgrade, get_engine, upgrade
+from support import REFERENCE_TASK_COLUMNS, user_id_of
+from todo_api.database import get_engine
+from todo_api.migrate import current_revision, downgrade, upgrade
 
 HEAD = "0008"
 
@@ -41,18 +42,7 @@ def test_downgrade_to_the_reference_table_and_back_keeps_rows(app, client, auth,
     downgrade(engine, "0001")
     assert current_revision(engine) == "0001"
     columns = {column["name"] for column in inspect(engine).get_columns("task")}
-    assert columns == {
-        "id",
-        "user_id",
-        "title",
-        "description",
-        "completed",
-        "priority",
-        "category",
-        "tags",
-        "created_at",
-        "updated_at",
-    }
+    assert columns == REFERENCE_TASK_COLUMNS
     with engine.connect() as connection:
         assert connection.execute(text("SELECT title FROM task")).scalars().all() == ["survives"]
     upgrade(engine)
@@ -67,7 +57,7 @@ def test_upgrade_is_idempotent(app):
     assert current_revision(get_engine(app)) == HEAD
 
 
-@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.backends("postgres")
 def test_keyword_search_is_trigram_indexed_on_postgres(app):
     assert {"ix_task_title_trgm", "ix_task_description_trgm"} <= task_indexes(get_engine(app))
 
@@ -162,7 +152,7 @@ def test_user_settings_have_their_own_table_keyed_by_user(app, client, auth):
     assert client.get("/api/settings", headers=auth).get_json() == {"data": {"time_zone": "UTC"}}
 
 
-@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.backends("postgres")
 def test_the_time_zone_functions_come_and_go_with_0007(app):
     engine = get_engine(app)
 

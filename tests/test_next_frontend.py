@@ -3,7 +3,7 @@
 Bodies, paths and headers are written as `lib/api.ts`, `app/dashboard/page.tsx`,
 `TaskModal.tsx` and `TaskForm.tsx` write them (JSON.stringify, Content-Type on
 every request); what a browser shows is computed with the model of JavaScript
-`Date` in `jsdate.py`, in browsers at UTC-12, UTC, UTC+5:30 and UTC+14. The
+`Date` in `support/jsdate.py`, in browsers at UTC-12, UTC, UTC+5:30 and UTC+14. The
 user has set no time zone here, as the frontend never calls /api/settings.
 """
 
@@ -12,7 +12,8 @@ from datetime import date
 from urllib.parse import urlencode
 
 import pytest
-from jsdate import new_date, prefilled_date, shown_date, to_iso_string, to_locale_date_string
+
+from support.jsdate import new_date, prefilled_date, shown_date, to_iso_string, to_locale_date_string
 
 BROWSER_ZONES = ["Etc/GMT+12", "UTC", "Asia/Kolkata", "Pacific/Kiritimati"]  # UTC-12, UTC, UTC+5:30, UTC+14
 PICKED = date(2026, 1, 30)

@@ -4,9 +4,10 @@ import re
 
 import pytest
 
-from todo_api.openapi import AUTOMATIC_METHODS, DOCS_ENDPOINTS, SWAGGER_UI_DIR, openapi_path
+from todo_api import apidoc, tasks
+from todo_api.openapi import AUTOMATIC_METHODS, DOCS_ENDPOINTS, SWAGGER_UI_DIR, build_document, openapi_path
 
-pytestmark = pytest.mark.parametrize("backend", ["sqlite"])  # nothing here depends on the database
+pytestmark = pytest.mark.backends("sqlite")  # nothing here depends on the database
 
 SINGLE_TASK = "/api/tasks/{task_id}"
 
@@ -300,3 +301,26 @@ def test_docs_have_a_tighter_limit_per_address_shared_by_the_page_its_files_and_
 def test_the_docs_limit_is_sixty_a_minute_by_default(client):
     statuses = [client.get("/docs/swagger-ui.css").status_code for _ in range(61)]
     assert statuses == [200] * 60 + [429]
+
+
+def test_the_operation_is_declared_on_the_view_function_itself(app):
+    view = app.view_functions["tasks.get_task"]
+    assert view is tasks.get_task  # the decorator wraps nothing: the view runs as it is written
+    declared = apidoc.operation_of(view)
+    assert (declared.summary, declared.errors, declared.conditional) == ("Get a task", (404,), True)
+
+
+def test_a_route_without_an_operation_is_left_out_and_the_route_test_sees_it(make_app):
+    app = make_app()
+    app.add_url_rule("/undescribed", "undescribed", lambda: "")
+    assert "/undescribed" not in app.test_client().get("/openapi.json").get_json()["paths"]
+    assert registered_routes(app)["/undescribed"] == {"get"}
+
+
+def test_a_path_argument_without_a_parameter_cannot_be_documented(make_app):
+    app = make_app()
+    thing = apidoc.response("The thing.", {"type": "object"})
+    view = apidoc.operation("Get a thing", response=thing)(lambda thing_id: "")
+    app.add_url_rule("/things/<int:thing_id>", "thing", view)
+    with pytest.raises(LookupError, match=r"/things/<int:thing_id>: no parameter .* describes <thing_id>"):
+        build_document(app)

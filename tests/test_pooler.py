@@ -9,14 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 import pytest
-from conftest import ADMIN_URL, POOLER_MISSING, base_config
-from pgbouncer import Pooler
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from support import ADMIN_URL, base_config
+from support.pgbouncer import Pooler, missing_requirement
 from todo_api import create_app
 from todo_api.database import get_engine
 
+POOLER_MISSING = missing_requirement()
 pytestmark = pytest.mark.skipif(POOLER_MISSING is not None, reason=POOLER_MISSING or "")
 
 SETTINGS = text("SELECT current_setting('TimeZone'), current_setting('statement_timeout'), pg_backend_pid()")
@@ -99,7 +100,7 @@ def test_a_transaction_holds_the_server_connection_and_its_timeout_ends_with_it(
         patient.close()
 
 
-@pytest.mark.parametrize("backend", ["pgbouncer"], indirect=True)
+@pytest.mark.backends("pgbouncer")
 def test_the_api_answers_through_pgbouncer(app, client, auth, pooler):
     assert get_engine(app).url.port == pooler.port
     created = client.post("/api/tasks", headers=auth, json={"title": "through the pooler", "tags": ["pg"]})
@@ -112,7 +113,7 @@ def test_the_api_answers_through_pgbouncer(app, client, auth, pooler):
     assert f"login attempt: db={database} user=postgres" in pooler.log_text()
 
 
-@pytest.mark.parametrize("backend", ["pgbouncer"], indirect=True)
+@pytest.mark.backends("pgbouncer")
 def test_clients_share_the_pools_server_connections(app, auth, client, concurrently):
     """Eight requests at once hold eight pooled app connections; PgBouncer serves them on at most four."""
     assert client.get("/api/tasks", headers=auth).status_code == 200

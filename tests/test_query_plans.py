@@ -8,18 +8,20 @@ a user with 40,000 tasks, added for them, with the word in the transaction's
 setting as the service sends it.
 """
 
+import dataclasses
 import re
 from datetime import datetime
 
 import pytest
-from conftest import ADMIN_URL, base_config
 from sqlalchemy import create_engine, text
 from sqlalchemy.dialects import postgresql
 
+from support import ADMIN_URL, base_config
 from todo_api import create_app, listing
 from todo_api.database import get_engine, normalize_url, transaction
-from todo_api.models import create_schema
-from todo_api.schemas import WallClock
+from todo_api.migrate import create_schema
+from todo_api.schemas import WallClock, list_query_schema
+from todo_api.state import get_cursors, get_session_lookup
 from todo_api.token_digest import token_digest
 
 FILL = text("""
@@ -61,17 +63,18 @@ def explain(postgres_url):
     connection.execute(text("ANALYZE task"))
     connection.execute(text("ANALYZE user_settings"))
     connection.execute(text('ANALYZE "session"'))
-    cursors = app.extensions["todo_api.cursors"]
-    lookup_sql = str(app.extensions["todo_api.session_lookup"].compile(dialect=connection.dialect))
+    cursors = get_cursors(app)
+    lookup_sql = str(get_session_lookup(app).compile(dialect=connection.dialect))
 
-    def plan(user_id="user-7", **query):
+    def plan(user_id="user-7", **parameters):
+        query = dataclasses.replace(list_query_schema.load({}), **parameters)  # the defaults, and these
         query = listing.placed_in_zone(connection, user_id, query)  # as find_tasks does
         statement = listing.list_statement(user_id, query, "postgresql", cursors)
         sql = statement.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
-        if "q" not in query:
+        if query.q is None:
             return "\n".join(connection.execute(text(f"EXPLAIN {sql}")).scalars())
         # A search's SELECT reads the word from its transaction's setting, as the service runs it.
-        with transaction(connection, setting=(listing.SEARCH_SETTING, listing.LITERAL_REGEX + query["q"])):
+        with transaction(connection, setting=(listing.SEARCH_SETTING, listing.LITERAL_REGEX + query.q)):
             return "\n".join(connection.execute(text(f"EXPLAIN {sql}")).scalars())
 
     def lookup_plan(token):

@@ -7,30 +7,25 @@ private redis-server for the outage drill.
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
 
 import pytest
 import redis
-from conftest import base_config
 
+from support import base_config
+from support import free_port as closed_port
 from todo_api import create_app, ratelimit
 from todo_api.config import from_environment
 from todo_api.database import get_engine
 
 # The limiter does not touch the database: tests that need an app build it on SQLite only.
-sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+sqlite_only = pytest.mark.backends("sqlite")
 
 REDIS_URL = os.environ.get("REDIS_URL_FOR_TESTS", "redis://127.0.0.1:6379/0")
 FRONTEND = "http://localhost:3000"
 HIGH = "1000 per minute"
-
-
-@pytest.fixture
-def backend(request):
-    return request.param
 
 
 @pytest.fixture
@@ -65,12 +60,6 @@ def redis_keys(prefix):
         return sorted(key.decode() for key in client.scan_iter(match=f"*{prefix}*"))
     finally:
         client.close()
-
-
-def closed_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def rate_headers(response):
@@ -338,6 +327,7 @@ def test_a_malformed_limit_names_its_setting(limited, setting):
 
 
 @sqlite_only
+@pytest.mark.redis
 def test_two_workers_on_one_redis_share_the_limit(limited, auth, redis_prefix):
     settings = {"REDIS_URL": REDIS_URL, "RATELIMIT_KEY_PREFIX": redis_prefix, "RATELIMIT_PER_USER": "4 per minute"}
     first, second = limited(**settings).test_client(), limited(**settings).test_client()
@@ -407,6 +397,7 @@ def private_redis(tmp_path):
 
 
 @sqlite_only
+@pytest.mark.redis
 def test_redis_going_down_while_serving_does_not_break_requests(limited, auth, private_redis):
     url, process = private_redis
     client = limited(REDIS_URL=url, RATELIMIT_PER_USER="3 per minute").test_client()
@@ -433,6 +424,7 @@ def script_runs(url):
 
 
 @sqlite_only
+@pytest.mark.redis
 def test_each_request_is_one_round_trip_to_redis_for_all_its_limits(limited, auth, private_redis):
     url, _process = private_redis
     app = limited(REDIS_URL=url, RATELIMIT_PER_USER="100 per minute", RATELIMIT_PER_IP="200 per minute")
@@ -498,6 +490,7 @@ def test_memory_counters_drop_windows_that_have_ended():
     assert sorted(counters.windows) == ["c"]
 
 
+@pytest.mark.redis
 def test_a_failing_redis_is_tried_again_after_1_2_4_up_to_32_seconds(private_redis):
     """Redis answering errors (out of memory here) counts as down, like one that does not answer."""
     url, _process = private_redis

@@ -5,14 +5,12 @@ Each test gets a fresh database of its own, built by hand the way the reference
 from UTC, so a naive timestamp read in the wrong zone would show.
 """
 
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import ADMIN_URL, base_config
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
+from support import ADMIN_URL, base_config, throwaway_database
 from todo_api import create_app
 from todo_api.database import get_engine, normalize_url
 
@@ -72,18 +70,10 @@ LIVE_TOKEN = "L" * 32
 @pytest.fixture
 def fresh_database(postgres_url):
     """A new, empty Postgres database (postgres_url only proves the server is there)."""
-    admin = create_engine(normalize_url(ADMIN_URL), isolation_level="AUTOCOMMIT")
-    name = f"todo_api_reference_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-        connection.execute(text(f"ALTER DATABASE \"{name}\" SET timezone TO 'Pacific/Honolulu'"))
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    engine = create_engine(normalize_url(url))
-    yield url, engine
-    engine.dispose()
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with throwaway_database(ADMIN_URL, "todo_api_reference", "timezone TO 'Pacific/Honolulu'") as url:
+        engine = create_engine(normalize_url(url))
+        yield url, engine
+        engine.dispose()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Reminders delivered by Web Push, end to end, to a push service of the tests' own (see push_service.py).
+"""Reminders delivered by Web Push, end to end, to a push service of the tests' own (see support/push_service.py).
 
 The worker's clock is passed in (`now`), so that a test decides when a reminder is due and when a retry's
 time has come; the push service checks each request's VAPID token against the real clock.
@@ -16,17 +16,17 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import base_config, user_id_of
-from private_postgres import PrivateCluster, free_port, missing_requirement
-from push_service import PushService, b64url_decode
 from sqlalchemy import create_engine, func, insert, select, text
 from sqlalchemy.dialects import postgresql
 
+from support import base_config, free_port, user_id_of
+from support.private_postgres import PrivateCluster, missing_requirement
+from support.push_service import PushService, b64url_decode
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.database import get_engine, normalize_url
 from todo_api.delivery import Outcome, classify, generate_vapid_keys, retry_after_seconds, signer_from_config
-from todo_api.models import create_schema, push_delivery, push_subscription, task, utcnow
+from todo_api.migrate import create_schema
 from todo_api.reminders import (
     _TASKS_DUE,
     LEASE,
@@ -38,6 +38,8 @@ from todo_api.reminders import (
     reminder_time,
     run_forever,
 )
+from todo_api.tables import push_delivery, push_subscription, task
+from todo_api.timezones import utcnow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAPID_PUBLIC_KEY, VAPID_PRIVATE_KEY = generate_vapid_keys()
@@ -442,7 +444,7 @@ def test_a_claim_whose_worker_died_is_pushed_once_its_lease_ends(client, auth, a
     assert len(push_service.payloads()) == 1
 
 
-@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.backends("postgres")
 def test_finding_due_reminders_reads_only_the_unsent_tasks_through_their_indexes(app):
     """40,000 tasks, half of them reminded already: the claim's scan is the two partial indexes, not the table."""
     with get_engine(app).connect() as connection:
@@ -484,9 +486,21 @@ def insert_due_tasks(app, user_ids, per_user):
         connection.execute(insert(task), values)
 
 
-@pytest.mark.parametrize(
-    ("backend", "users", "per_user"), [("postgres", 20, 50), ("sqlite", 10, 20)], indirect=["backend"]
-)
+# Users, and due tasks per user, of the race on each backend.
+RACE = {"postgres": (20, 50), "sqlite": (10, 20)}
+
+
+@pytest.fixture
+def users(backend):
+    return RACE[backend][0]
+
+
+@pytest.fixture
+def per_user(backend):
+    return RACE[backend][1]
+
+
+@pytest.mark.backends("postgres", "sqlite")
 def test_two_workers_racing_deliver_each_reminder_exactly_once(make_app, new_session, push_service, users, per_user):
     apps = [make_app(**PUSH_CONFIG, REMINDER_BATCH_SIZE=50) for _ in range(2)]  # two machines: two engines
     client = apps[0].test_client()
@@ -610,6 +624,7 @@ def wait_for(condition, seconds=20):
         time.sleep(0.05)
 
 
+@pytest.mark.postgres
 def test_the_worker_survives_a_postgres_restart(private_cluster, push_service, caplog):
     app = create_app(base_config(private_cluster.url, **PUSH_CONFIG))
     engine = get_engine(app)
@@ -667,7 +682,7 @@ def test_the_worker_survives_a_postgres_restart(private_cluster, push_service, c
     ],
 )
 @pytest.mark.parametrize("command", [["reminders", "send-due"], ["reminders", "run"]])
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.backends("sqlite")
 def test_the_worker_refuses_to_start_without_its_vapid_settings(make_app, command, setting, value, message):
     app = make_app(**{**PUSH_CONFIG, setting: value})
     result = app.test_cli_runner().invoke(args=command)
@@ -675,7 +690,7 @@ def test_the_worker_refuses_to_start_without_its_vapid_settings(make_app, comman
     assert result.output.startswith(f"Error: {message}")
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.backends("sqlite")
 def test_vapid_keys_prints_a_pair_the_frontend_and_the_worker_accept(make_app):
     result = make_app().test_cli_runner().invoke(args=["vapid-keys"])
     assert result.exit_code == 0
@@ -690,7 +705,7 @@ def test_vapid_keys_prints_a_pair_the_frontend_and_the_worker_accept(make_app):
     Worker.from_app(app).close()  # it checks that the public key is the private key's
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.backends("sqlite")
 def test_send_due_prints_what_became_of_the_reminders(client, auth, app, subscribe, push_service):
     subscribe(auth, "alice")
     client.post("/api/tasks", headers=auth, json={"title": "t", "remind_at": iso(datetime.now(UTC))})

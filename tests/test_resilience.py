@@ -1,17 +1,12 @@
 """The service rides out database restarts and outages without a restart of its own."""
 
 import pytest
-from conftest import ADMIN_URL, POSTGRES_BACKENDS
 from sqlalchemy import create_engine, text
 
-from todo_api.database import normalize_url
+from support import ADMIN_URL
+from todo_api.database import get_engine, normalize_url
 
-pytestmark = pytest.mark.parametrize("backend", POSTGRES_BACKENDS, indirect=True)
-
-
-@pytest.fixture
-def backend(request):
-    return request.param
+pytestmark = pytest.mark.backends("postgres", "pgbouncer")
 
 
 def terminate_service_connections(database):
@@ -31,7 +26,7 @@ def terminate_service_connections(database):
 def test_requests_succeed_right_after_the_database_drops_every_connection(app, client, auth, create_task):
     task = create_task()
     assert client.get("/api/tasks", headers=auth).status_code == 200
-    assert terminate_service_connections(app.extensions["todo_api.engine"].url.database) >= 1
+    assert terminate_service_connections(get_engine(app).url.database) >= 1
     response = client.get("/api/tasks", headers=auth)
     assert response.status_code == 200
     assert response.get_json() == {"data": [task]}
@@ -40,7 +35,7 @@ def test_requests_succeed_right_after_the_database_drops_every_connection(app, c
 
 def test_a_statement_past_the_timeout_is_503_not_a_stuck_worker(make_app, auth, token):
     app = make_app(DATABASE_STATEMENT_TIMEOUT_MS=100)
-    engine = app.extensions["todo_api.engine"]
+    engine = get_engine(app)
     with engine.connect() as connection:
         connection.execute(
             text(
@@ -66,7 +61,7 @@ def test_a_statement_past_the_timeout_is_503_not_a_stuck_worker(make_app, auth, 
 def test_a_connection_lost_inside_a_transaction_is_503_and_the_retry_creates_once(app, client, auth):
     """The backend dies between the key's claim and the task's insert: nothing was committed, the answer is a
     503 (never a 500 from ending a transaction on a dead connection), and the retry with the key creates it."""
-    engine = app.extensions["todo_api.engine"]
+    engine = get_engine(app)
     with engine.connect() as connection:
         connection.execute(
             text(

@@ -5,21 +5,14 @@ from datetime import datetime
 import pytest
 from sqlalchemy import select
 
+from support import FULL_TASK
 from todo_api.database import get_engine
-from todo_api.models import task
 from todo_api.schemas import TaskSchema, task_output
+from todo_api.tables import task
 
 VARIETY = [
     {"title": "plain"},
-    {
-        "title": "full",
-        "description": "d",
-        "priority": "high",
-        "category": "c",
-        "tags": ["a", "b"],
-        "due_date": "2026-02-28T23:59:59.999999+05:00",
-        "remind_at": "2026-02-28T12:00:00Z",
-    },
+    FULL_TASK,
     {"title": "recurring", "recurrence_pattern": "monthly", "due_date": "2026-01-31T00:00:00Z"},
     {"title": "Füße 🦶", "tags": ["ñ"], "priority": "low"},
     {"title": "all day", "due_date": "2026-01-30", "remind_at": "2026-01-29T18:00"},

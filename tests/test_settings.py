@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import func, select
 
 from todo_api.database import get_engine
-from todo_api.models import user_settings
+from todo_api.tables import user_settings
 
 
 def stored_rows(app):

@@ -6,11 +6,11 @@ from sqlalchemy.exc import OperationalError
 
 from todo_api.database import get_engine
 
+pytestmark = pytest.mark.backends("postgres", "pgbouncer")  # statement timeouts are Postgres's
+
 
 @pytest.fixture
-def postgres_app(make_app, backend):
-    if backend == "sqlite":
-        pytest.skip("statement timeouts are Postgres's")
+def postgres_app(make_app):
     make_app()  # the first app cleans up after the test, without the short timeout
     return make_app(DATABASE_STATEMENT_TIMEOUT_MS=100)
 

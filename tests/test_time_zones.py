@@ -4,11 +4,11 @@ from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
-from test_conditional import StatementLog, fetch
 
+from support import StatementLog, fetch
 from todo_api import listing
 from todo_api.database import get_engine
-from todo_api.models import task as task_table
+from todo_api.tables import task as task_table
 from todo_api.timezones import TIME_ZONES, local_to_utc, zone
 
 UNKNOWN_ZONE = {"time_zone": ["Must be an IANA time zone name, such as Europe/Berlin or UTC."]}

@@ -8,14 +8,15 @@ whichever came first, the session table or the migration.
 import hashlib
 
 import pytest
-from conftest import POSTGRES_BACKENDS, base_config
 from sqlalchemy import event, text
 
+from support import base_config
 from todo_api import create_app
-from todo_api.database import current_revision, downgrade, get_engine, upgrade
+from todo_api.database import get_engine
+from todo_api.migrate import current_revision, downgrade, upgrade
 from todo_api.token_digest import token_digest
 
-postgres_only = pytest.mark.parametrize("backend", POSTGRES_BACKENDS, indirect=True)
+postgres_only = pytest.mark.backends("postgres", "pgbouncer")
 INDEX_DEFINITION = "CREATE INDEX ix_session_token_digest ON public.session USING btree (todo_api_token_digest(token))"
 BETTER_AUTH_SESSION_TABLE = """
 CREATE TABLE "user" (id text PRIMARY KEY, name text NOT NULL, email text NOT NULL UNIQUE,

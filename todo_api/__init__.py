@@ -1,5 +1,7 @@
 """todo-api: per-user tasks behind Better Auth sessions."""
 
+__version__ = "1.0.0"  # the one place it is written: setup.cfg and the OpenAPI document read it
+
 import logging
 from pathlib import Path
 
@@ -7,10 +9,10 @@ import click
 from dotenv import load_dotenv
 from flask import Flask
 
-from . import cli, config, cors, database, errors, ratelimit, web
+from . import cli, config, cors, database, errors, ratelimit, state, web
+from .auth import session_lookup
 from .json_provider import OrjsonProvider
 from .listing import Cursors
-from .models import session_lookup
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,13 @@ def create_app(test_config=None):
 
 
 def register_extensions(app):
+    app_state = state.AppState(
+        engine=database.build_engine(app.config, app.instance_path),
+        session_lookup=session_lookup(app.config),
+        cursors=Cursors(signing_secret(app)),
+    )
+    state.init_app(app, app_state)
     database.init_app(app)
-    app.extensions["todo_api.session_lookup"] = session_lookup(app.config)
-    app.extensions["todo_api.cursors"] = Cursors(signing_secret(app))
     cors.init_app(app)
     ratelimit.init_app(app)
 

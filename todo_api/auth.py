@@ -23,10 +23,14 @@ import logging
 from urllib.parse import unquote
 
 from flask import current_app, g, request
+from sqlalchemy import LargeBinary, MetaData, bindparam, func, select
+from sqlalchemy.sql import Select
 from werkzeug.exceptions import Unauthorized, UnsupportedMediaType
 
-from .database import first_query
-from .token_digest import token_digest
+from . import token_digest
+from .database import execute_retrying_once
+from .state import get_session_lookup
+from .tables import session_table, unexpired
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,22 @@ class NotAuthenticated(Unauthorized):
 
     def get_headers(self, environ=None, scope=None):
         return [*super().get_headers(environ, scope), ("WWW-Authenticate", "Bearer")]
+
+
+def session_lookup(config) -> Select:
+    """The one indexed query that turns a live session into a user id; its parameter is the token's digest.
+
+    The token itself never appears in the SQL (see token_digest.py), so no
+    database log can hold it. Expiry is checked by the database, against its
+    own clock; connections run with timezone UTC, so an old Better Auth's naive
+    `timestamp` column compares correctly too. Built once, by the app factory.
+    """
+    sessions = session_table(config, MetaData())
+    token = sessions.c[config["SESSION_TOKEN_COLUMN"]]
+    return select(sessions.c[config["SESSION_USER_ID_COLUMN"]]).where(
+        getattr(func, token_digest.FUNCTION)(token) == bindparam("digest", type_=LargeBinary),
+        unexpired(sessions.c[config["SESSION_EXPIRES_AT_COLUMN"]]),
+    )
 
 
 def sign(token, secret):
@@ -94,8 +114,7 @@ def authenticate():
     if not token:
         log.info("rejected request: missing or malformed credential")
         raise NotAuthenticated()
-    lookup = current_app.extensions["todo_api.session_lookup"]
-    user_id = first_query(lookup, {"digest": token_digest(token)}).scalar()
+    user_id = execute_retrying_once(get_session_lookup(), {"digest": token_digest.token_digest(token)}).scalar()
     if user_id is None:
         log.info("rejected request: unknown or expired session")
         raise NotAuthenticated()

@@ -18,9 +18,9 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import delete, exists, func, insert, inspect, select, union
 
-from . import models
-from .database import current_revision, downgrade, get_engine, migration_engine, upgrade
-from .idempotency import idempotency_key
+from . import tables
+from .database import get_engine
+from .migrate import create_schema, current_revision, downgrade, migration_engine, upgrade
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 
@@ -34,8 +34,8 @@ def random_id(length=32):
 
 def create_user_session(connection, config, email, lifetime=timedelta(days=7)):
     """Find or create the user with this email and give them a new session; return its token."""
-    tables = models.auth_tables(config)
-    users, sessions = tables.tables["user"], tables.tables[config["SESSION_TABLE"]]
+    auth = tables.auth_tables(config)
+    users, sessions = auth.tables["user"], auth.tables[config["SESSION_TABLE"]]
     now = datetime.now(UTC)
     user_id = connection.execute(select(users.c.id).where(users.c.email == email)).scalar()
     if user_id is None:
@@ -74,7 +74,7 @@ def init_db_command(auth_tables):
     with migration_engine() as engine:
         if auth_tables is None:
             auth_tables = engine.dialect.name == "sqlite"
-        models.create_schema(engine, current_app.config, with_auth_tables=auth_tables)
+        create_schema(engine, current_app.config, with_auth_tables=auth_tables)
         click.echo(f"Initialized the database ({engine.dialect.name}).")
 
 
@@ -119,11 +119,11 @@ def create_session_command(email, days):
 
 # Every table of this service keyed by a Better Auth user id. Better Auth owns the `user` table, so none of
 # them has a foreign key to it: a user deleted there leaves these rows behind until they are erased.
-USER_TABLES = (models.task, idempotency_key, models.user_settings, models.push_subscription)
+USER_TABLES = (tables.task, tables.idempotency_key, tables.user_settings, tables.push_subscription)
 
 
 def missing_user(table):
-    return ~exists().where(models.user.c.id == table.c.user_id)
+    return ~exists().where(tables.user.c.id == table.c.user_id)
 
 
 def erase_rows(connection, condition_for, dry_run):
@@ -145,9 +145,9 @@ def summary(dry_run, counts):
 
 def check_user_table(connection):
     """Refuse to treat every user as deleted when Better Auth's user table is missing or empty here."""
-    if not inspect(connection).has_table(models.user.name):
+    if not inspect(connection).has_table(tables.user.name):
         raise click.ClickException("Better Auth's user table is not in this database: nothing was erased.")
-    if connection.execute(select(models.user.c.id).limit(1)).first() is None:
+    if connection.execute(select(tables.user.c.id).limit(1)).first() is None:
         raise click.ClickException(
             "Better Auth's user table is empty: erasing would delete every user's rows, so nothing was erased."
         )

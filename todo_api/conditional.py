@@ -2,18 +2,20 @@
 
 A task's ETag is its id and its version, `updated_at` in microseconds since
 the epoch: `"42-1764057600123456"`. Every write moves `updated_at` strictly
-forward (see `database.advanced`), so the ETag changes with every change and
+forward (see `tables.next_version`), so the ETag changes with every change and
 costs nothing to compute: both values are in the row already.
 
 If-Match is turned into the versions it names, and the write itself checks
-them (models: in its WHERE clause, or on the locked row), so the check and
-the change are atomic.
+them (`task_store.write_task`: in its WHERE clause, or on the locked row), so
+the check and the change are atomic.
 """
 
 import re
 from datetime import datetime, timedelta
 
 from flask import request
+
+from .task_store import Versions
 
 EPOCH = datetime(1970, 1, 1)
 MICROSECOND = timedelta(microseconds=1)
@@ -54,11 +56,11 @@ def _version(opaque, task_id):
         return None
 
 
-def if_match_versions(task_id):
+def if_match_versions(task_id: int) -> Versions:
     """The task versions the request's If-Match accepts.
 
     None when there is no If-Match, or it is `*` (any current task; a missing
-    one still answers 404). Otherwise a tuple of versions, empty when none of
+    one still answers 404). Otherwise a set of versions, empty when none of
     the tags can match (weak tags never do, under the strong comparison that
     If-Match uses; nor does a malformed header): the write then answers 412.
     """
@@ -67,11 +69,11 @@ def if_match_versions(task_id):
         return None
     tags = entity_tags(header) or []
     versions = (_version(opaque, task_id) for weak, opaque in tags if not weak)
-    return tuple(version for version in versions if version is not None)
+    return frozenset(version for version in versions if version is not None)
 
 
-def none_match(row):
-    """True when If-None-Match names this task's current ETag (weak comparison) or is `*`."""
+def not_modified(row):
+    """True when If-None-Match names this task's current ETag (weak comparison) or is `*`: answer 304."""
     header = request.headers.get("If-None-Match")
     if header is None:
         return False

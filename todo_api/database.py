@@ -1,32 +1,32 @@
-"""The database engine and the per-request connection.
+"""The database engine, the per-request connection, transactions, and retrying once.
 
 Every request that needs the database checks out one pooled connection the
 first time it asks for it (`get_db`) and returns it when the request ends.
-Connections run in autocommit mode: each operation of this service is a single
-statement (the toggle is one `UPDATE ... RETURNING`), so there is no BEGIN or
-COMMIT round trip to pay, and nothing half-done can be left behind.
+Connections run in autocommit mode: nearly every operation of this service is
+a single statement (the toggle is one `UPDATE ... RETURNING`), so there is no
+BEGIN or COMMIT round trip to pay, and nothing half-done can be left behind;
+the few that change several rows together say so with `transaction`.
+
+No ping precedes a checkout: a connection from before a database restart is
+found dead by the request's first statement, which runs again once on a fresh
+connection (`execute_retrying_once`). Schema changes are `migrate`'s.
 """
 
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import orjson
 import psycopg2.extensions
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from flask import current_app, g
-from sqlalchemy import Boolean, DateTime, create_engine, event, text
-from sqlalchemy.engine import make_url
+from flask import Flask, g
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql import Executable
 
-from . import token_digest
-from .timezones import register_sqlite_functions
-
-MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
+from . import tables, timezones, token_digest
+from .state import get_engine
 
 POSTGRES_SCHEMES = ("postgres", "postgresql")
 
@@ -48,7 +48,7 @@ def default_sqlite_url(instance_path):
     return "sqlite:///" + os.path.join(instance_path, "todo.sqlite")
 
 
-def build_engine(config, instance_path, url=None):
+def build_engine(config, instance_path: str, url: str | None = None) -> Engine:
     """The engine for DATABASE_URL, or for `url` with the same settings."""
     url = normalize_url(url or config.get("DATABASE_URL") or default_sqlite_url(instance_path))
     if url.get_backend_name() == "sqlite":
@@ -145,80 +145,15 @@ def _sqlite_engine(url):
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.close()
-        dbapi_connection.create_function("advance_timestamp", 2, advance_timestamp_text, deterministic=True)
         dbapi_connection.create_function(token_digest.FUNCTION, 1, token_digest.sqlite_token_digest, deterministic=True)
-        register_sqlite_functions(dbapi_connection)
+        tables.register_sqlite_functions(dbapi_connection)
+        timezones.register_sqlite_functions(dbapi_connection)
 
     return engine
 
 
-class advanced(FunctionElement):
-    """`advanced(column, now)`: the later of `now` and the column plus one microsecond.
-
-    A row's `updated_at` set this way moves forward on every write, even when two
-    writes read the same microsecond from the clock (two workers at once) or the
-    clock steps back, so a version derived from it (the ETag) changes on every
-    write. It is evaluated on the row the write actually changes, under its lock.
-    """
-
-    type = DateTime()
-    inherit_cache = True
-
-
-@compiles(advanced)
-def _advanced_postgresql(element, compiler, **kw):
-    column, now = element.clauses
-    return f"GREATEST({compiler.process(now, **kw)}, {compiler.process(column, **kw)} + INTERVAL '1 microsecond')"
-
-
-@compiles(advanced, "sqlite")
-def _advanced_sqlite(element, compiler, **kw):
-    return f"advance_timestamp({compiler.process(element.clauses, **kw)})"
-
-
-class unexpired(FunctionElement):
-    """`unexpired(column)`: the time in the column is still to come, by the database's clock.
-
-    On Postgres a plain `column > now()` (connections run in UTC, so a naive
-    `timestamp` compares right too). On SQLite the column is whatever Better
-    Auth or SQLAlchemy wrote: ISO text with a `T` and a `Z`
-    (`2026-11-25T21:01:10.073Z`, Better Auth's Kysely adapter), SQLAlchemy's
-    `2026-11-25 21:01:10.073000`, or a number of milliseconds since 1970;
-    each is turned into a Julian day before comparing, so a session expires at
-    its moment, not at the end of its day as a comparison of text would have it.
-    """
-
-    type = Boolean()
-    inherit_cache = True
-
-
-@compiles(unexpired)
-def _unexpired_postgresql(element, compiler, **kw):
-    return f"{compiler.process(element.clauses, **kw)} > now()"
-
-
-@compiles(unexpired, "sqlite")
-def _unexpired_sqlite(element, compiler, **kw):
-    column = compiler.process(element.clauses, **kw)
-    return (
-        f"(CASE WHEN typeof({column}) IN ('integer', 'real') THEN {column} / 86400000.0 + 2440587.5"
-        f" ELSE julianday({column}) END) > julianday('now')"
-    )
-
-
-def advance_timestamp_text(stored, now):
-    """SQLite's side of `advanced`: SQLite has no microsecond arithmetic on the
-    text SQLAlchemy stores its timestamps as (`YYYY-MM-DD HH:MM:SS.ffffff`, a
-    fixed width, so text order is time order)."""
-    try:
-        following = datetime.fromisoformat(stored) + timedelta(microseconds=1)
-    except (TypeError, ValueError):
-        return now
-    return max(now, following.isoformat(sep=" ", timespec="microseconds"))
-
-
 @contextmanager
-def transaction(connection, setting=None):
+def transaction(connection: Connection, setting: tuple[str, str] | None = None) -> Iterator[Connection]:
     """A real transaction on this service's autocommit connections.
 
     Most requests are one statement and need none; the few that must change
@@ -258,119 +193,55 @@ def json_dumps(value):
     return orjson.dumps(value).decode()
 
 
-def get_engine(app=None):
-    return (app or current_app).extensions["todo_api.engine"]
-
-
-def get_db():
+def get_db() -> Connection:
     """The request's connection, checked out on first use."""
     if "db" not in g:
         g.db = get_engine().connect()
     return g.db
 
 
-def first_query(statement, params):
-    """Run a request's first, read-only statement; retry it once on a fresh
-    connection if the pooled one turns out to be dead (the database restarted).
-
-    This gives what `pool_pre_ping` gives, without a ping's round trip on every
-    request: a dropped connection is found by the query itself, and SQLAlchemy
-    then discards the pool's other connections from before the drop.
-    """
-    try:
-        return get_db().execute(statement, params)
-    except DBAPIError as error:
-        if not error.connection_invalidated:
-            raise
-        close_db()
-        return get_db().execute(statement, params)
-
-
-def close_db(_exc=None):
+def close_db(_exc: BaseException | None = None) -> None:
     connection = g.pop("db", None)
     if connection is not None:
         connection.close()
 
 
-def ping():
-    """Check that the database answers.
+Result = TypeVar("Result")
 
-    A connection the pool kept from before a database restart fails the first
-    time it is used; like `first_query`, try once more on a fresh one, so a
-    readiness probe does not report an outage that is over.
-    """
+
+def run_with_retry(attempt: Callable[[], Result], before_retry: Callable[[], None] | None = None) -> Result:
+    """`attempt()`, and once more if it failed on a dead connection (one the pool kept from before a database
+    restart); SQLAlchemy has then discarded the pool's other connections from before the drop."""
     try:
-        _select_one()
+        return attempt()
     except DBAPIError as error:
         if not error.connection_invalidated:
             raise
-        _select_one()
+    if before_retry is not None:
+        before_retry()
+    return attempt()
 
 
-def _select_one():
+def execute_retrying_once(statement: Executable, params: dict[str, Any]) -> CursorResult:
+    """Run a request's first, read-only statement on its connection; on a dead one, once more on a fresh one.
+
+    This gives what `pool_pre_ping` gives, without a ping's round trip on every
+    request: a dropped connection is found by the query itself.
+    """
+    return run_with_retry(lambda: get_db().execute(statement, params), before_retry=close_db)
+
+
+def ping() -> None:
+    """Check that the database answers, on a fresh connection if a kept one is dead: a readiness probe must not
+    report an outage that is over."""
+    run_with_retry(_select_one)
+
+
+def _select_one() -> None:
     with get_engine().connect() as connection:
         connection.execute(text("SELECT 1"))
 
 
-def init_app(app):
-    app.extensions["todo_api.engine"] = build_engine(app.config, app.instance_path)
+def init_app(app: Flask) -> None:
+    """Return each request's connection when the request ends (the engine is in the app's `AppState`)."""
     app.teardown_appcontext(close_db)
-
-
-@contextmanager
-def migration_engine(app=None):
-    """The engine that schema changes run on: one on DATABASE_MIGRATION_URL when
-    that is set (the direct URL, when DATABASE_URL goes through a transaction
-    pooler), else the app's own engine."""
-    app = app or current_app
-    url = app.config.get("DATABASE_MIGRATION_URL")
-    if not url:
-        yield get_engine(app)
-        return
-    engine = build_engine(app.config, app.instance_path, url=url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
-def _migration_connection(engine):
-    """A connection with real transactions, so a failed migration leaves nothing half-done."""
-    connection = engine.connect()
-    return connection.execution_options(
-        isolation_level=connection.dialect.default_isolation_level, statement_timeout_ms=0
-    )
-
-
-def _alembic_config(connection, app_config):
-    """Alembic's configuration; migrations read the app's settings (the session table's names) from it."""
-    config = Config()
-    config.set_main_option("script_location", MIGRATIONS)
-    config.attributes["connection"] = connection
-    config.attributes["app_config"] = app_config
-    return config
-
-
-def upgrade(engine, revision="head", app_config=None):
-    """Bring the schema to `revision` with Alembic (a database the reference made is adopted).
-
-    `app_config` names Better Auth's session table and columns (by default,
-    as the environment does). Then the session token index is made if it is
-    missing, for a session table that Better Auth created after the migration
-    that makes it had run.
-    """
-    with _migration_connection(engine) as connection:
-        command.upgrade(_alembic_config(connection, app_config), revision)
-        token_digest.create_index(connection, token_digest.session_names(app_config))
-        connection.commit()
-
-
-def downgrade(engine, revision, app_config=None):
-    with _migration_connection(engine) as connection:
-        command.downgrade(_alembic_config(connection, app_config), revision)
-        connection.commit()
-
-
-def current_revision(engine):
-    with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()

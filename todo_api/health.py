@@ -3,23 +3,39 @@
 from flask import Blueprint
 
 from . import database
+from .apidoc import operation, response
 from .errors import database_unavailable
+from .schemas import MessageSchema, StatusSchema
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/")
+@operation("Service banner", response=response("The service is running.", MessageSchema), public=True)
 def index():
     return {"message": "todo-api is running"}
 
 
 @bp.get("/health")
+@operation(
+    "Liveness",
+    description="Answers without touching the database.",
+    response=response("Alive.", StatusSchema),
+    public=True,
+)
 def health():
     """Liveness: answers without touching the database."""
     return {"status": "healthy"}
 
 
 @bp.get("/health/ready")
+@operation(
+    "Readiness",
+    description="200 only when the database answers.",
+    response=response("Ready.", StatusSchema),
+    errors=[503],
+    public=True,
+)
 def ready():
     """Readiness: 200 only when the database answers."""
     try:

@@ -4,8 +4,9 @@ A client that may retry a create (a timeout, a dropped connection) sends a key
 of its choosing. The first request with that key claims it and creates the
 task; the response body is stored with the key in the same transaction, so
 claim, task and stored response exist together or not at all. A retry with the
-same key and the same fields gets the stored response back, byte for byte; the
-same key with other fields is refused (422). Keys belong to one user and live
+same key and the same fields gets the stored response back, byte for byte, with
+the task's ETag as it was created (the key's `created_at` is the task's first
+version: one moment for both); the same key with other fields is refused (422). Keys belong to one user and live
 24 hours, after which the key may be used again.
 
 Concurrent requests with one key meet at the table's primary key: the second
@@ -14,33 +15,26 @@ exactly one task is created, across workers and instances.
 """
 
 import hashlib
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import orjson
 from flask import request
 from marshmallow import ValidationError
-from sqlalchemy import Column, DateTime, Integer, String, Table, Text, bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Row
 from werkzeug.exceptions import UnprocessableEntity
 
 from .database import transaction
-from .models import create_task, metadata, utcnow
+from .tables import MAX_IDEMPOTENCY_KEY_LENGTH, idempotency_key
+from .task_store import Values, create_task
+from .timezones import utcnow
 
 HEADER = "Idempotency-Key"
-MAX_KEY_LENGTH = 255
 KEY_LIFETIME = timedelta(hours=24)
-BAD_KEY = f"Must be 1 to {MAX_KEY_LENGTH} printable ASCII characters."
-
-idempotency_key = Table(
-    "idempotency_key",
-    metadata,
-    Column("user_id", String, primary_key=True),
-    Column("key", String(MAX_KEY_LENGTH), primary_key=True),
-    Column("request_hash", String(64), nullable=False),  # SHA-256 of the request's fields, hex
-    Column("task_id", Integer),  # the task created (no foreign key: deleting a task keeps its key)
-    Column("response", Text),  # the response body, JSON; set in the claiming transaction
-    Column("created_at", DateTime, nullable=False),  # naive UTC
-)
+BAD_KEY = f"Must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters."
 
 
 class KeyReused(UnprocessableEntity):
@@ -52,7 +46,7 @@ def request_key():
     key = request.headers.get(HEADER)
     if key is None:
         return None
-    if not (1 <= len(key) <= MAX_KEY_LENGTH and key.isascii() and key.isprintable()):
+    if not (1 <= len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH and key.isascii() and key.isprintable()):
         raise ValidationError({HEADER: [BAD_KEY]})
     return key
 
@@ -90,7 +84,14 @@ def _this_key(statement):
 
 
 _CLAIM = {"postgresql": _claim(postgresql.insert), "sqlite": _claim(sqlite.insert)}
-_STORED = _this_key(select(idempotency_key.c.request_hash, idempotency_key.c.response))
+_STORED = _this_key(
+    select(
+        idempotency_key.c.request_hash,
+        idempotency_key.c.response,
+        idempotency_key.c.task_id,
+        idempotency_key.c.created_at,
+    )
+)
 _STORE_RESPONSE = _this_key(update(idempotency_key)).values(
     task_id=bindparam("created_task_id"), response=bindparam("body")
 )
@@ -99,8 +100,17 @@ _FORGET_EXPIRED = delete(idempotency_key).where(
 )
 
 
-def create_task_once(db, user_id, key, fields, render):
-    """Create the task for this key once; returns (response body, replayed).
+class Created(NamedTuple):
+    """A create's answer, first or replayed."""
+
+    body: str  # the response body, JSON text, the same bytes every time
+    task_id: int
+    version: datetime  # the task's `updated_at` as created: its ETag then
+    replayed: bool
+
+
+def create_task_once(db: Connection, user_id: str, key: str, fields: Values, render: Callable[[Row], str]) -> Created:
+    """Create the task for this key once.
 
     `render(row)` turns the created task into the response body (JSON text),
     which is stored and given back to every retry while the key lives.
@@ -116,14 +126,14 @@ def create_task_once(db, user_id, key, fields, render):
         if claimed is None:
             stored = db.execute(_STORED, params).one()
         else:
-            row = create_task(db, user_id, fields)
+            row = create_task(db, user_id, fields, now=now)
             body = render(row)
             db.execute(_STORE_RESPONSE, {**params, "created_task_id": row.id, "body": body})
     if claimed is None:
         if stored.request_hash != request_hash:
             raise KeyReused()
-        return stored.response, True
+        return Created(stored.response, stored.task_id, stored.created_at, replayed=True)
     # A new key is the moment to drop this user's expired ones: an index range
     # scan of (user_id, created_at), outside the transaction above.
     db.execute(_FORGET_EXPIRED, {"owner_id": user_id, "cutoff": cutoff})
-    return body, False
+    return Created(body, row.id, row.updated_at, replayed=False)

@@ -18,9 +18,6 @@ the SELECT is cancelled (by the search's own statement timeout) the
 statement Postgres writes to its log holds no search word. On SQLite, which
 has no server log, it is a LIKE with a bound pattern (wildcards escaped).
 
-OFFSET. Every value a user sends is a bound parameter; `q` is matched
-literally (LIKE wildcards are escaped).
-
 Due dates sort and filter by their instants. `overdue` reads the caller's time
 zone in the list's own statement (an uncorrelated subquery, computed once). A
 due_before/due_after given without an offset is placed in the caller's zone
@@ -30,6 +27,7 @@ and it then guesses the range nearly empty and sorts); that costs one indexed
 lookup of the zone, for those lists only.
 """
 
+import dataclasses
 import logging
 from datetime import datetime
 
@@ -43,9 +41,10 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import ServiceUnavailable
 
 from .database import transaction
-from .models import MAX_TASK_ID, PRIORITIES, task, time_zone_name_sql, time_zone_of, utcnow
-from .schemas import WallClock, storable_text
-from .timezones import local_to_utc
+from .schemas import ListQuery, WallClock, storable_text
+from .tables import MAX_TASK_ID, PRIORITIES, task
+from .task_store import time_zone_name_sql, time_zone_of
+from .timezones import local_to_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,9 @@ CEILING = 1000  # rows per response when the client sets no limit
 SEARCH_SETTING = "todo_api.search"
 SEARCH_PATTERN = func.current_setting(literal_column(f"'{SEARCH_SETTING}'"), type_=Text)
 LITERAL_REGEX = "***="  # an ARE that starts with this is a literal string: no character is special
-PRIORITY_RANK = literal_column("(CASE task.priority WHEN 'low' THEN 0 WHEN 'medium' THEN 1 WHEN 'high' THEN 2 END)")
+# The text the priority indexes are built on (migration 0002), so the planner matches it.
+_RANKS = " ".join(f"WHEN '{name}' THEN {rank}" for rank, name in enumerate(PRIORITIES))
+PRIORITY_RANK = literal_column(f"(CASE task.priority {_RANKS} END)")
 SORT_KEYS = {
     "created_at": task.c.created_at,
     "updated_at": task.c.updated_at,
@@ -73,27 +74,26 @@ def escape_like(value):
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def filters(query, dialect, user_id):
-    """SQL conditions for the filters in a validated list query of this user's tasks
+def filters(query: ListQuery, dialect, user_id):
+    """SQL conditions for the filters in a list query of this user's tasks
     (its due_before and due_after already instants: see `placed_in_zone`)."""
     conditions = []
-    status = query.get("status", "all")
-    if status != "all":
-        conditions.append(task.c.completed.is_(status == "completed"))
-    if query.get("priority"):
-        conditions.append(task.c.priority.in_(query["priority"]))
-    if query.get("category") is not None:
-        conditions.append(task.c.category == query["category"])
-    if query.get("tags"):
-        conditions.append(has_tags(query["tags"], dialect))
-    if query.get("q"):
-        conditions.append(matches(query["q"], dialect))
-    if query.get("due_before") is not None:
-        conditions.append(task.c.due_date < query["due_before"])
-    if query.get("due_after") is not None:
-        conditions.append(task.c.due_date > query["due_after"])
+    if query.status != "all":
+        conditions.append(task.c.completed.is_(query.status == "completed"))
+    if query.priority:
+        conditions.append(task.c.priority.in_(query.priority))
+    if query.category is not None:
+        conditions.append(task.c.category == query.category)
+    if query.tags:
+        conditions.append(has_tags(query.tags, dialect))
+    if query.q:
+        conditions.append(matches(query.q, dialect))
+    if query.due_before is not None:
+        conditions.append(task.c.due_date < query.due_before)
+    if query.due_after is not None:
+        conditions.append(task.c.due_date > query.due_after)
     now = utcnow()
-    if query.get("overdue") is not None:
+    if query.overdue is not None:
         # An all-day task is overdue once its day has ended in the caller's zone.
         zone_name = time_zone_name_sql(user_id)
         today_began = select(func.todo_day_start(zone_name, literal(now, DateTime), type_=DateTime)).scalar_subquery()
@@ -102,10 +102,10 @@ def filters(query, dialect, user_id):
             task.c.completed.is_(False),
             or_(task.c.due_all_day.is_(False), task.c.due_date < today_began),
         )
-        conditions.append(overdue if query["overdue"] else ~overdue | task.c.due_date.is_(None))
-    if query.get("reminder_due") is not None:
+        conditions.append(overdue if query.overdue else ~overdue | task.c.due_date.is_(None))
+    if query.reminder_due is not None:
         due = and_(task.c.remind_at <= now, task.c.reminder_sent.is_(False))
-        conditions.append(due if query["reminder_due"] else ~due | task.c.remind_at.is_(None))
+        conditions.append(due if query.reminder_due else ~due | task.c.remind_at.is_(None))
     return conditions
 
 
@@ -212,34 +212,34 @@ class Cursors:
         return cursor_value(sort_by, value), last_id
 
 
-def list_statement(user_id, query, dialect, cursors):
+def list_statement(user_id, query: ListQuery, dialect, cursors):
     """The SELECT for one page (one row more than asked, to tell whether more follow)."""
-    sort_by, descending, limit = sort_of(query)
+    sort_by, descending = query.sort_by, query.descending
     statement = (
         select(task)
         .where(task.c.user_id == user_id, *filters(query, dialect, user_id))
         .order_by(*order_by(sort_by, descending))
-        .limit(limit + 1)
+        .limit(page_size(query) + 1)
     )
-    if query.get("cursor"):
-        statement = statement.where(after(sort_by, descending, *cursors.load(query["cursor"], sort_by, descending)))
+    if query.cursor:
+        statement = statement.where(after(sort_by, descending, *cursors.load(query.cursor, sort_by, descending)))
     return statement
 
 
-def sort_of(query):
-    """(sort key, descending, page size). `GET /api/tasks` defaults to newest first; `filter-sort`
-    sets `sort_order` to `asc` when absent, as the frontend's own backend did."""
-    return query.get("sort_by", "created_at"), query.get("sort_order", "desc") == "desc", query.get("limit") or CEILING
+def page_size(query: ListQuery) -> int:
+    return query.limit or CEILING
 
 
-def placed_in_zone(db, user_id, query):
+def placed_in_zone(db, user_id, query: ListQuery) -> ListQuery:
     """The query, with a due_before/due_after given as a date or a wall-clock time turned into
     the instant it stands for in the user's zone (a date: the moment its day begins)."""
-    wall_clock = {name: query[name] for name in ("due_before", "due_after") if isinstance(query.get(name), WallClock)}
+    bounds = {"due_before": query.due_before, "due_after": query.due_after}
+    wall_clock = {name: value for name, value in bounds.items() if isinstance(value, WallClock)}
     if not wall_clock:
         return query
     time_zone = time_zone_of(db, user_id)
-    return {**query, **{name: local_to_utc(value.local, time_zone) for name, value in wall_clock.items()}}
+    instants = {name: local_to_utc(value.local, time_zone) for name, value in wall_clock.items()}
+    return dataclasses.replace(query, **instants)
 
 
 class SearchTooSlow(ServiceUnavailable):
@@ -252,7 +252,7 @@ class SearchTooSlow(ServiceUnavailable):
     description = "The search took too long; try a more specific keyword"
 
 
-def find_tasks(db, user_id, query, cursors, search_timeout_ms=0):
+def find_tasks(db, user_id, query: ListQuery, cursors, search_timeout_ms=0):
     """The rows of one page, and one more when more follow.
 
     On Postgres a search runs in a transaction of its own that holds the search
@@ -261,11 +261,11 @@ def find_tasks(db, user_id, query, cursors, search_timeout_ms=0):
     cancelled search is `SearchTooSlow`.
     """
     statement = list_statement(user_id, placed_in_zone(db, user_id, query), db.dialect.name, cursors)
-    if not query.get("q") or db.dialect.name != "postgresql":
+    if not query.q or db.dialect.name != "postgresql":
         return db.execute(statement).all()
     options = {"statement_timeout_ms": search_timeout_ms} if search_timeout_ms else {}
     try:
-        with transaction(db, setting=(SEARCH_SETTING, LITERAL_REGEX + query["q"])):
+        with transaction(db, setting=(SEARCH_SETTING, LITERAL_REGEX + query.q)):
             return db.execute(statement, execution_options=options).all()
     except OperationalError as error:
         if not isinstance(error.orig, QueryCanceled):
@@ -274,7 +274,7 @@ def find_tasks(db, user_id, query, cursors, search_timeout_ms=0):
         raise SearchTooSlow(retry_after=SEARCH_RETRY_AFTER_SECONDS) from None
 
 
-def page_body(rows, query, cursors, serialize, max_bytes):
+def page_body(rows, query: ListQuery, cursors, serialize, max_bytes):
     """The JSON body of one page: `{"data": [...]}`, and `next_cursor` when more tasks follow.
 
     The page ends after `limit` tasks (1,000 without one), or before the task
@@ -282,9 +282,8 @@ def page_body(rows, query, cursors, serialize, max_bytes):
     holds at least one task when there is one. Either way `next_cursor` goes on
     from its last task. `serialize` turns a row into its JSON bytes.
     """
-    sort_by, descending, limit = sort_of(query)
     tasks, size = [], len(EMPTY_PAGE)
-    for row in rows[:limit]:
+    for row in rows[: page_size(query)]:
         serialized = serialize(row)
         grown = size + len(serialized) + (1 if tasks else 0)  # a comma between tasks
         if tasks and grown > max_bytes:
@@ -294,7 +293,8 @@ def page_body(rows, query, cursors, serialize, max_bytes):
     if len(tasks) == len(rows):
         return EMPTY_PAGE[:-2] + b",".join(tasks) + b"]}"
     while True:  # the cursor must fit too: give back tasks until it does, keeping one
-        cursor_field = b',"next_cursor":' + orjson.dumps(cursors.dump(sort_by, descending, rows[len(tasks) - 1]))
+        cursor = cursors.dump(query.sort_by, query.descending, rows[len(tasks) - 1])
+        cursor_field = b',"next_cursor":' + orjson.dumps(cursor)
         if size + len(cursor_field) <= max_bytes or len(tasks) == 1:
             return EMPTY_PAGE[:-2] + b",".join(tasks) + b"]" + cursor_field + b"}"
         size -= len(tasks.pop()) + 1

@@ -52,9 +52,10 @@ from sqlalchemy import DateTime, and_, bindparam, delete, exists, not_, or_, sel
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from .database import advanced, get_engine, transaction
+from .database import get_engine, transaction
 from .delivery import PushSender, signer_from_config
-from .models import push_delivery, push_subscription, task, user_settings, utcnow
+from .tables import next_version, push_delivery, push_subscription, task, user_settings
+from .timezones import utc_to_local, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ def reminder_body(due_date, zone, now):
     "Due Fri 28 Nov 17:00"), or "Reminder" for a task without a due date."""
     if due_date is None:
         return "Reminder"
-    local = due_date.replace(tzinfo=UTC).astimezone(zone)
-    today = now.replace(tzinfo=UTC).astimezone(zone).date()
+    local = utc_to_local(due_date, zone)
+    today = utc_to_local(now, zone).date()
     clock = f"{local:%H:%M}"
     day = local.date()
     if day == today:
@@ -174,7 +175,7 @@ _SUBSCRIPTIONS_OF = (
 _MARK_SENT = (
     update(task)
     .where(task.c.id.in_(bindparam("ids", expanding=True)))
-    .values(reminder_sent=True, updated_at=advanced(task.c.updated_at, bindparam("now", type_=DateTime)))
+    .values(reminder_sent=True, updated_at=next_version(task.c.updated_at, bindparam("now", type_=DateTime)))
 )
 _CLAIM = (
     update(push_delivery)

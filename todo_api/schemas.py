@@ -6,14 +6,16 @@ and never accept `id`, `user_id`, `created_at` or `updated_at`.
 
 import functools
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from . import webpush
-from .models import PRIORITIES, RECURRENCE_PATTERNS, RECURRING_NEEDS_DUE_DATE
-from .timezones import TIME_ZONES
+from .recurrence import RECURRENCE_PATTERNS, RECURRING_NEEDS_DUE_DATE
+from .tables import PRIORITIES
+from .timezones import TIME_ZONES, naive_utc
 
 TITLE_MAX = 255
 DESCRIPTION_MAX = 10_000
@@ -97,7 +99,7 @@ class UtcInput(fields.AwareDateTime):
         # (9998-12-31T23:00-05:00 is already 9999 in UTC, with no room left to recur).
         if not self.MIN_YEAR <= aware.year <= self.MAX_YEAR:
             raise ValidationError(self.out_of_range)
-        utc = aware.astimezone(UTC).replace(tzinfo=None)
+        utc = naive_utc(aware)
         if not self.MIN_YEAR <= utc.year <= self.MAX_YEAR:
             raise ValidationError(self.out_of_range)
         return utc
@@ -295,13 +297,43 @@ def task_output(row):
     return output
 
 
+SORT_FIELDS = ("created_at", "updated_at", "due_date", "priority", "title")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListQuery:
+    """A validated list query (`ListQuerySchema`'s result): the sort, the page, and the filters, None when absent."""
+
+    status: str  # all, pending or completed
+    sort_by: str  # one of SORT_FIELDS
+    sort_order: str  # asc or desc
+    limit: int | None = None  # None: as many as fit in a response, up to `listing.CEILING`
+    cursor: str | None = None
+    priority: list[str] | None = None
+    category: str | None = None
+    tags: list[str] | None = None
+    q: str | None = None
+    due_before: datetime | WallClock | None = None  # an instant (naive UTC), or a wall-clock time to place
+    due_after: datetime | WallClock | None = None
+    overdue: bool | None = None
+    reminder_due: bool | None = None
+
+    @property
+    def descending(self) -> bool:
+        return self.sort_order == "desc"
+
+
+def sort_order_field(default):
+    return fields.String(load_default=default, validate=validate.OneOf(("asc", "desc")))
+
+
 class ListQuerySchema(Schema):
-    """The query string of `GET /api/tasks`; every parameter is optional."""
+    """The query string of `GET /api/tasks`; every parameter is optional. Newest first by default."""
 
     class Meta:
         unknown = EXCLUDE
 
-    status = fields.String(validate=validate.OneOf(("all", "pending", "completed")))
+    status = fields.String(load_default="all", validate=validate.OneOf(("all", "pending", "completed")))
     priority = CommaList(fields.String(validate=validate.OneOf(PRIORITIES)), validate=validate.Length(min=1))
     category = text(CATEGORY_MAX)
     tags = CommaList(text(TAG_MAX, min_length=1), validate=validate.Length(min=1, max=TAGS_MAX))
@@ -310,10 +342,21 @@ class ListQuerySchema(Schema):
     due_after = UtcInput()
     overdue = QueryBoolean()
     reminder_due = QueryBoolean()
-    sort_by = fields.String(validate=validate.OneOf(("created_at", "updated_at", "due_date", "priority", "title")))
-    sort_order = fields.String(validate=validate.OneOf(("asc", "desc")))
+    sort_by = fields.String(load_default="created_at", validate=validate.OneOf(SORT_FIELDS))
+    sort_order = sort_order_field("desc")
     limit = fields.Integer(strict=False, validate=validate.Range(min=1, max=200))
     cursor = fields.String(validate=validate.Length(max=1000))
+
+    @post_load
+    def to_query(self, data, **kwargs):
+        return ListQuery(**data)
+
+
+class FilterSortQuerySchema(ListQuerySchema):
+    """`GET /api/tasks/filter-sort`: the list's parameters, oldest first by default, as the frontend's own
+    backend answered (the frontend sends no `sort_order`)."""
+
+    sort_order = sort_order_field("asc")
 
 
 class SearchQuerySchema(ListQuerySchema):
@@ -433,11 +476,9 @@ unsubscribe_schema = UnsubscribeSchema()
 task_create_schema = TaskCreateSchema()
 task_update_schema = TaskUpdateSchema(partial=True)
 completion_schema = CompletionSchema()
-task_schema = TaskSchema()
-tasks_schema = TaskSchema(many=True)
 list_query_schema = ListQuerySchema()
+filter_sort_query_schema = FilterSortQuerySchema()
 search_query_schema = SearchQuerySchema()
-settings_schema = SettingsSchema()
 
 
 # -- Response shapes ----------------------------------------------------------

@@ -9,10 +9,12 @@ from flask import Blueprint, current_app, g
 from sqlalchemy import DateTime, bindparam, delete
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .apidoc import operation, request_body, response
 from .database import get_db
-from .models import push_subscription, utcnow
-from .schemas import subscription_schemas, unsubscribe_schema
+from .schemas import SubscriptionEnvelopeSchema, UnsubscribedEnvelopeSchema, subscription_schemas, unsubscribe_schema
+from .tables import push_subscription
 from .tasks import has_body, json_body, require_session
+from .timezones import utcnow
 
 bp = Blueprint("notifications", __name__, url_prefix="/api/notifications")
 bp.before_request(require_session)
@@ -54,6 +56,16 @@ def unsubscribe(db, user_id, endpoint=None):
 
 
 @bp.post("/subscribe")
+@operation(
+    "Store a Web Push subscription",
+    description="The browser's `PushSubscription`: its endpoint and keys. One row per endpoint: subscribing an "
+    "endpoint again replaces its keys and gives it to the caller. Reminders are pushed to every subscription of "
+    "their user.",
+    # The https-only form: what production accepts.
+    body=request_body(subscription_schemas[False], "The subscription; unknown fields are ignored."),
+    response=response("The stored subscription, without its keys.", SubscriptionEnvelopeSchema),
+    tag="notifications",
+)
 def subscribe_view():
     schema = subscription_schemas[current_app.config["PUSH_ALLOW_INSECURE_ENDPOINTS"]]
     row = subscribe(get_db(), g.user_id, json_body(schema))
@@ -61,6 +73,14 @@ def subscribe_view():
 
 
 @bp.delete("/unsubscribe")
+@operation(
+    "Remove Web Push subscriptions",
+    description='`{"endpoint": ...}` removes that subscription of the caller\'s; without a body, all of them are '
+    "removed. Removing what is not there is not an error: `deleted` counts what was removed.",
+    body=request_body(unsubscribe_schema, "Optional: the endpoint to remove.", required=False),
+    response=response("Removed.", UnsubscribedEnvelopeSchema),
+    tag="notifications",
+)
 def unsubscribe_view():
     """`{"endpoint": ...}` removes that subscription; no body (as the frontend sends it) removes them all."""
     endpoint = json_body(unsubscribe_schema)["endpoint"] if has_body() else None

@@ -5,27 +5,45 @@ honour If-Match (see `conditional`), and creates honour Idempotency-Key (see
 `idempotency`).
 """
 
-from datetime import UTC, datetime
-
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
-from . import idempotency, listing, models
+from . import idempotency, listing, task_store
+from .apidoc import operation, request_body, response
 from .auth import authenticate
-from .conditional import etag, etag_of, if_match_versions, none_match
+from .conditional import etag, etag_of, if_match_versions, not_modified
 from .database import get_db
 from .json_provider import OPTIONS as JSON_OPTIONS
 from .ratelimit import limit_user
 from .schemas import (
+    ChangedTaskEnvelopeSchema,
+    DeletedEnvelopeSchema,
+    ListQuery,
+    TaskEnvelopeSchema,
+    TaskListEnvelopeSchema,
     completion_schema,
+    filter_sort_query_schema,
     list_query_schema,
     search_query_schema,
     task_create_schema,
     task_output,
     task_update_schema,
 )
+from .state import get_cursors
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
+
+LIST_DESCRIPTION = (
+    "The caller's tasks, newest first unless sorted otherwise. Filters combine; ties break on `id`. Without "
+    "`limit`, up to 1,000 tasks come back. A page also ends before the task that would take the response over "
+    "`RESPONSE_MAX_BYTES` (1 MiB by default; a page always holds at least one task). When more follow, "
+    "`next_cursor` is set."
+)
+TASK_LIST = response("One page of tasks.", TaskListEnvelopeSchema)
+TASK = response("The task.", TaskEnvelopeSchema)
+CHANGED_TASK = response(
+    "The task; completing a recurring task adds `next_task`, its next occurrence.", ChangedTaskEnvelopeSchema
+)
 
 
 @bp.before_request
@@ -44,9 +62,9 @@ def has_body():
     return bool(request.content_length) or request.headers.get("Transfer-Encoding") == "chunked"
 
 
-def page(query):
+def list_page(query: ListQuery):
     """One page of the caller's tasks, at most RESPONSE_MAX_BYTES long (see `listing.page_body`)."""
-    config, cursors = current_app.config, current_app.extensions["todo_api.cursors"]
+    config, cursors = current_app.config, get_cursors()
     rows = listing.find_tasks(get_db(), g.user_id, query, cursors, config["SEARCH_STATEMENT_TIMEOUT_MS"])
     body = listing.page_body(rows, query, cursors, serialized_task, config["RESPONSE_MAX_BYTES"])
     return Response(body, mimetype="application/json")
@@ -60,7 +78,7 @@ def one_task(row):
     return {"data": task_output(row)}, {"ETag": etag(row)}
 
 
-def changed(row, next_task):
+def task_and_next(row, next_task):
     """A changed task; a recurring task that was completed also shows its next occurrence."""
     body = {"data": task_output(row)}
     if next_task is not None:
@@ -73,71 +91,114 @@ def created_body(row):
     return current_app.json.dumps({"data": task_output(row)})
 
 
-def created_once(body, replayed):
-    """A create's stored body; its ETag is the task's as it was created."""
-    created = orjson.loads(body)["data"]
-    updated_at = datetime.fromisoformat(created["updated_at"]).astimezone(UTC).replace(tzinfo=None)
-    headers = {"ETag": etag_of(created["id"], updated_at)}
-    if replayed:
+def created_under_key(created: idempotency.Created):
+    """A create under Idempotency-Key: its stored body, and the task's ETag as it was created."""
+    headers = {"ETag": etag_of(created.task_id, created.version)}
+    if created.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return Response(body, mimetype="application/json", headers=headers)
+    return Response(created.body, mimetype="application/json", headers=headers)
 
 
 @bp.get("/tasks")
+@operation("List tasks", description=LIST_DESCRIPTION, query=list_query_schema, response=TASK_LIST)
 def list_tasks():
-    return page(list_query_schema.load(request.args))
+    return list_page(list_query_schema.load(request.args))
 
 
 @bp.get("/tasks/filter-sort")
+@operation(
+    "List tasks, oldest first",
+    description="The list, as the frontend's filter and sort controls call it: the same parameters, but "
+    "`sort_order` defaults to `asc`.",
+    query=filter_sort_query_schema,
+    response=TASK_LIST,
+)
 def filter_sort_tasks():
     """The list, oldest first unless `sort_order` says otherwise (the frontend sends none)."""
-    return page({"sort_order": "asc", **list_query_schema.load(request.args)})
+    return list_page(filter_sort_query_schema.load(request.args))
 
 
 @bp.get("/tasks/search")
+@operation(
+    "Search tasks",
+    description="The list, searched: `keyword` (required) is matched case-insensitively and literally in title and "
+    "description. Takes every list parameter. A search that runs over its time bound "
+    "(`SEARCH_STATEMENT_TIMEOUT_MS`) answers 503 `The search took too long; try a more specific keyword`.",
+    query=search_query_schema,
+    response=TASK_LIST,
+)
 def search_tasks():
-    return page(search_query_schema.load(request.args))
+    return list_page(search_query_schema.load(request.args))
 
 
 @bp.post("/tasks")
+@operation(
+    "Create a task",
+    body=request_body(task_create_schema, "The new task's fields; `title` is required, unknown fields are ignored."),
+    response=response("The created task.", TaskEnvelopeSchema),
+    etag=True,
+    idempotent=True,
+)
 def create_task():
     fields = json_body(task_create_schema)
     key = idempotency.request_key()
     if key is None:
-        return one_task(models.create_task(get_db(), g.user_id, fields))
-    return created_once(*idempotency.create_task_once(get_db(), g.user_id, key, fields, created_body))
+        return one_task(task_store.create_task(get_db(), g.user_id, fields))
+    return created_under_key(idempotency.create_task_once(get_db(), g.user_id, key, fields, created_body))
 
 
 @bp.get("/tasks/<int(signed=True):task_id>")
+@operation("Get a task", response=TASK, etag=True, conditional=True, errors=[404])
 def get_task(task_id):
-    row = models.get_task(get_db(), g.user_id, task_id)
-    if none_match(row):
+    row = task_store.get_task(get_db(), g.user_id, task_id)
+    if not_modified(row):
         return "", 304, {"ETag": etag(row)}
     return one_task(row)
 
 
 @bp.put("/tasks/<int(signed=True):task_id>")
+@operation(
+    "Update a task",
+    description="Only the fields sent change. Completing a recurring task creates its next occurrence.",
+    body=request_body(task_update_schema, "Any task fields, and `completed`."),
+    response=CHANGED_TASK,
+    etag=True,
+    conditional=True,
+    errors=[404],
+)
 def update_task(task_id):
     changes = json_body(task_update_schema)
-    return changed(*models.update_task(get_db(), g.user_id, task_id, changes, if_match_versions(task_id)))
+    return task_and_next(*task_store.update_task(get_db(), g.user_id, task_id, changes, if_match_versions(task_id)))
 
 
 @bp.delete("/tasks/<int(signed=True):task_id>")
+@operation("Delete a task", response=response("Deleted.", DeletedEnvelopeSchema), conditional=True, errors=[404])
 def delete_task(task_id):
-    models.delete_task(get_db(), g.user_id, task_id, if_match_versions(task_id))
+    task_store.delete_task(get_db(), g.user_id, task_id, if_match_versions(task_id))
     return {"data": {"ok": True}}
 
 
 @bp.patch("/tasks/<int(signed=True):task_id>/complete")
+@operation(
+    "Complete, reopen or toggle a task",
+    description='Without a body, toggles `completed`; `{"completed": true|false}` sets it, so a retry cannot flip '
+    "it back. Completing a recurring task creates its next occurrence.",
+    body=request_body(completion_schema, "Optional: the completion to set.", required=False),
+    response=CHANGED_TASK,
+    etag=True,
+    conditional=True,
+    errors=[404],
+)
 def complete_task(task_id):
     """No body toggles; `{"completed": bool}` sets, so a retry cannot flip it back."""
     versions = if_match_versions(task_id)
     if has_body():
         completed = json_body(completion_schema)["completed"]
-        return changed(*models.set_task_completed(get_db(), g.user_id, task_id, completed, versions))
-    return changed(*models.toggle_task(get_db(), g.user_id, task_id, versions))
+        return task_and_next(*task_store.set_task_completed(get_db(), g.user_id, task_id, completed, versions))
+    return task_and_next(*task_store.toggle_task(get_db(), g.user_id, task_id, versions))
 
 
 @bp.patch("/tasks/<int(signed=True):task_id>/mark-reminder-sent")
+@operation("Mark a task's reminder as sent", response=TASK, etag=True, conditional=True, errors=[404])
 def mark_reminder_sent(task_id):
-    return one_task(models.mark_reminder_sent(get_db(), g.user_id, task_id, if_match_versions(task_id)))
+    return one_task(task_store.mark_reminder_sent(get_db(), g.user_id, task_id, if_match_versions(task_id)))

@@ -1,5 +1,8 @@
 """Wall-clock times in a user's time zone, and the UTC instants they stand for.
 
+Every timestamp column holds naive UTC (the reference backend's form); `naive_utc`
+is the one conversion to it, and `utcnow` the service's clock.
+
 A due date given without an offset (a calendar date, or a date and time) is a
 time on the user's wall clock. The database keeps it as given and also keeps
 the UTC instant it stands for, which filters, sorts and the list indexes use.
@@ -35,18 +38,28 @@ LATEST = datetime.max
 
 
 @functools.cache
-def zone(name):
+def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
-def local_to_utc(local, tz):
+def naive_utc(moment: datetime) -> datetime:
+    """An aware moment in the form the timestamp columns hold: naive UTC."""
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def utcnow() -> datetime:
+    """Now, as naive UTC."""
+    return naive_utc(datetime.now(UTC))
+
+
+def local_to_utc(local: datetime, tz: ZoneInfo) -> datetime:
     """The naive UTC instant of a naive wall-clock time in `tz` (see the module's rule).
 
     OverflowError when it falls past the year 9999."""
-    return local.replace(tzinfo=tz, fold=0).astimezone(UTC).replace(tzinfo=None)
+    return naive_utc(local.replace(tzinfo=tz, fold=0))
 
 
-def utc_to_local(instant, tz):
+def utc_to_local(instant: datetime, tz: ZoneInfo) -> datetime:
     """The naive wall-clock time in `tz` at a naive UTC instant (OverflowError past the year 9999)."""
     return instant.replace(tzinfo=UTC).astimezone(tz).replace(tzinfo=None)
 

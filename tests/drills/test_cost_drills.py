@@ -13,23 +13,19 @@ Each drill prints its figures (run pytest with -s to see them).
 import http.client
 import re
 import statistics
-import threading
 import time
 import uuid
 from collections import Counter
 from urllib.parse import urlencode
 
 import pytest
-import test_drills
-from conftest import base_config
-from test_drills import Service
 
+from drills.harness import ClientThreads, Service
+from support import base_config
 from todo_api import config, create_app
 from todo_api.database import get_engine
 
-# The drills' fixtures, for a private cluster of this module's own: its SQL and real sessions on it.
-cluster, issued_tokens = test_drills.cluster, test_drills.issued_tokens
-session_on, sql = test_drills.session_on, test_drills.sql
+pytestmark = pytest.mark.postgres
 
 # Postgres's log line for a cancelled statement, and the one after it that quotes the statement.
 CANCELLED = "ERROR:  canceling statement due to statement timeout"
@@ -104,27 +100,18 @@ def test_a_cancelled_search_leaves_no_search_word_in_the_postgres_log(cluster, s
     print(f"\n[drill: search cancelled] Postgres logged:\n{statements[0][:400]}...")
 
 
-class Attack:
+class Attack(ClientThreads):
     """Client threads, each on a kept-alive connection of its own, sending one request after another until told
     to stop; every answer is recorded as (status, seconds)."""
+
+    join_timeout = 30
 
     def __init__(self, port, token, path, connections):
         self.port, self.path, self.answers = port, path, []
         self.headers = {"Authorization": f"Bearer {token}"}
-        self.finished = threading.Event()
-        self.threads = [threading.Thread(target=self._run) for _ in range(connections)]
+        super().__init__(connections)
 
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_exc):
-        self.finished.set()
-        for thread in self.threads:
-            thread.join(timeout=30)
-
-    def _run(self):
+    def _run(self, _index):
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         while not self.finished.is_set():
             started = time.monotonic()

@@ -19,6 +19,8 @@ import time
 
 from sqlalchemy.engine import make_url
 
+from support import free_port
+
 PGBOUNCER = os.environ.get("PGBOUNCER") or shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 SERVER_USER = "postgres"
 START_TIMEOUT = 10
@@ -34,12 +36,6 @@ def missing_requirement():
         except KeyError:
             return f"running as root and there is no {SERVER_USER!r} OS user to run pgbouncer as"
     return None
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _quoted(value):

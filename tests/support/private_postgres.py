@@ -9,18 +9,13 @@ afterwards. Postgres refuses to run as root, so when the tests run as root
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 
+from support import free_port
+
 POSTGRES_BIN = os.environ.get("POSTGRES_BIN", "/usr/lib/postgresql/15/bin")
 SERVER_USER = "postgres"
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def missing_requirement():

@@ -1,0 +1,362 @@
+"""The task store: every statement this service runs on one user's tasks and time zone.
+
+Rules every function here keeps:
+
+- Every statement that touches a task filters by the caller's user id and the
+  task's id in SQL (`_owned`); no row means 404, so a foreign task, a missing
+  one and an id that cannot exist answer alike.
+- A write to one task goes through `write_task`, which owns the two ways to
+  write: first a single statement (UPDATE or DELETE ... RETURNING, If-Match
+  checked in its WHERE clause, so nothing comes between check and change),
+  else a transaction that locks the row, checks the version on it, applies
+  the rules that span fields and creates a recurring task's next occurrence.
+- Every write moves `updated_at`, the task's version, strictly forward
+  (`tables.next_version`).
+- Statements are built once: at import, or cached by what varies (the set of
+  fields a PUT changes); SQLAlchemy then reuses their compiled form.
+
+Due dates and reminders given without an offset are times on the user's wall
+clock, in the time zone of their `user_settings` (UTC without a row): see
+`timezones`. A create computes their instants in its one statement, which
+reads the zone itself; an update, which needs a transaction anyway, reads the
+zone there; statements that need no zone never read it.
+"""
+
+import functools
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from marshmallow import ValidationError
+from sqlalchemy import DateTime, bindparam, delete, func, insert, not_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.sql import ColumnElement, Executable
+from werkzeug.exceptions import NotFound, PreconditionFailed
+
+from .database import transaction
+from .recurrence import RECURRING_NEEDS_DUE_DATE, next_occurrence
+from .tables import MAX_TASK_ID, next_version, task, user_settings
+from .timezones import DEFAULT_TIME_ZONE, local_to_utc, utcnow, zone
+
+Versions = frozenset[datetime] | None
+"""What If-Match accepts: None for any version, else the `updated_at` values it names (empty: none can match)."""
+Values = dict[str, Any]
+"""Column name to value."""
+Written = tuple[Row, Row | None]
+"""A task as written, and the next occurrence that completing it created, if any."""
+
+
+class NoSuchTask(NotFound):
+    """A missing task and another user's task answer exactly alike."""
+
+    description = "Task not found"
+
+
+class StaleTask(PreconditionFailed):
+    """If-Match named a version of the task that is no longer current."""
+
+    description = "The task has changed since it was read (If-Match does not match its ETag); fetch it again"
+
+
+# -- The owner's time zone -------------------------------------------------------
+
+
+def time_zone_name_sql(owner) -> ColumnElement:
+    """SQL: the name of the owner's time zone, UTC when they have set none."""
+    chosen = select(user_settings.c.time_zone).where(user_settings.c.user_id == owner).scalar_subquery()
+    return func.coalesce(chosen, DEFAULT_TIME_ZONE)
+
+
+def local_to_utc_sql(zone_name, local) -> ColumnElement:
+    """SQL: the UTC instant of a wall-clock time in a zone (`timezones` has the rule); NULL for NULL."""
+    return func.todo_local_to_utc(zone_name, local, type_=DateTime)
+
+
+_TIME_ZONE_NAME = select(time_zone_name_sql(bindparam("owner_id")))
+
+
+def time_zone_name_of(db: Connection, user_id: str) -> str:
+    return db.execute(_TIME_ZONE_NAME, {"owner_id": user_id}).scalar_one()
+
+
+def time_zone_of(db: Connection, user_id: str) -> ZoneInfo:
+    return zone(time_zone_name_of(db, user_id))
+
+
+def _store_time_zone(dialect_insert):
+    statement = dialect_insert(user_settings).values(
+        user_id=bindparam("owner_id"), time_zone=bindparam("zone_name"), updated_at=bindparam("now")
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[user_settings.c.user_id],
+        set_={"time_zone": statement.excluded.time_zone, "updated_at": statement.excluded.updated_at},
+    )
+
+
+_STORE_TIME_ZONE = {"postgresql": _store_time_zone(postgresql.insert), "sqlite": _store_time_zone(sqlite.insert)}
+# Tasks on the wall clock keep their day and time in the new zone: their instants move.
+_FOLLOW_TIME_ZONE = (
+    update(task)
+    .where(
+        task.c.user_id == bindparam("owner_id"), or_(task.c.due_local.is_not(None), task.c.remind_local.is_not(None))
+    )
+    .values(
+        due_date=func.coalesce(local_to_utc_sql(bindparam("zone_name"), task.c.due_local), task.c.due_date),
+        remind_at=func.coalesce(local_to_utc_sql(bindparam("zone_name"), task.c.remind_local), task.c.remind_at),
+    )
+)
+
+
+def change_time_zone(db: Connection, user_id: str, zone_name: str) -> None:
+    """Set the user's time zone; in the same transaction, move the instants of their wall-clock tasks.
+
+    Tasks given with an offset keep their instants. The tasks' shown values do
+    not change, and neither do their versions (`updated_at`, the ETag).
+    """
+    params = {"owner_id": user_id, "zone_name": zone_name}
+    with transaction(db):
+        db.execute(_STORE_TIME_ZONE[db.dialect.name], {**params, "now": utcnow()})
+        db.execute(_FOLLOW_TIME_ZONE, params)
+
+
+# -- Statements ------------------------------------------------------------------
+
+
+def _owned(statement):
+    return statement.where(task.c.id == bindparam("task_key"), task.c.user_id == bindparam("owner_id"))
+
+
+_NEXT_VERSION = next_version(task.c.updated_at, bindparam("now", type_=DateTime))
+
+_INSERT = insert(task).returning(*task.c)
+# A create with a wall-clock due date or reminder: their instants are computed in the
+# statement, in the owner's zone. `given_*` carry either an instant or a wall-clock time.
+_OWNER_TIME_ZONE = time_zone_name_sql(bindparam("owner_id"))
+_INSERT_ON_THE_WALL_CLOCK = (
+    insert(task)
+    .values(
+        due_date=func.coalesce(
+            bindparam("given_due_date", type_=DateTime),
+            local_to_utc_sql(_OWNER_TIME_ZONE, bindparam("given_due_local", type_=DateTime)),
+        ),
+        due_local=bindparam("given_due_local", type_=DateTime),
+        remind_at=func.coalesce(
+            bindparam("given_remind_at", type_=DateTime),
+            local_to_utc_sql(_OWNER_TIME_ZONE, bindparam("given_remind_local", type_=DateTime)),
+        ),
+        remind_local=bindparam("given_remind_local", type_=DateTime),
+    )
+    .returning(*task.c)
+)
+_GIVEN = {name: f"given_{name}" for name in ("due_date", "due_local", "remind_at", "remind_local")}
+_SELECT = _owned(select(task))
+_SELECT_FOR_UPDATE = _SELECT.with_for_update()
+_DELETE = _owned(delete(task)).returning(task.c.id)
+_NOT_RECURRING = task.c.recurrence_pattern.is_(None)
+# A recurring task finds no row here, and takes the transaction that can create its next occurrence.
+_TOGGLE_UNLESS_RECURRING = (
+    _owned(update(task))
+    .where(_NOT_RECURRING)
+    .values(completed=not_(task.c.completed), updated_at=_NEXT_VERSION)
+    .returning(*task.c)
+)
+
+
+@functools.cache
+def _update(fields: frozenset[str]):
+    """UPDATE one task: the `fields` (bound by their names) and its next version; returns the row."""
+    values = {name: bindparam(name, type_=task.c[name].type) for name in fields}
+    return _owned(update(task)).values({**values, "updated_at": _NEXT_VERSION}).returning(*task.c)
+
+
+@functools.cache
+def _update_unless_recurring(fields: frozenset[str]):
+    return _update(fields).where(_NOT_RECURRING)
+
+
+@functools.cache
+def _only_at_versions(statement):
+    """The same write, applied only while the task's `updated_at` is one of `versions`: If-Match,
+    checked in the write's own WHERE clause."""
+    return statement.where(task.c.updated_at.in_(bindparam("versions", expanding=True)))
+
+
+COMPLETED = frozenset({"completed"})
+REMINDER_SENT = frozenset({"reminder_sent"})
+# Fields whose change needs no look at the stored task when it does not recur: one statement.
+SINGLE_STATEMENT_FIELDS = frozenset({"title", "description", "priority", "category", "tags", "completed"})
+
+
+# -- Reading and writing one task -------------------------------------------------
+
+
+def owned_row(
+    db: Connection, statement: Executable, user_id: str, task_id: int, params: Values | None = None
+) -> Row | None:
+    """The row that `statement`, which filters by task and owner (`_owned`), returns for this task of this
+    user; None when there is none for them (an id beyond SERIAL's range is not even looked up)."""
+    if not 0 < task_id <= MAX_TASK_ID:
+        return None
+    return db.execute(statement, {"task_key": task_id, "owner_id": user_id, **(params or {})}).first()
+
+
+def _found(row: Row | None) -> Row:
+    if row is None:
+        raise NoSuchTask()
+    return row
+
+
+def write_task(
+    db: Connection,
+    user_id: str,
+    task_id: int,
+    versions: Versions,
+    statement: Executable | None,
+    params: Values,
+    changes_for: Callable[[Row], Values] | None = None,
+) -> Written:
+    """Write one of the caller's tasks: a single statement when it can, else a transaction.
+
+    `statement` (UPDATE or DELETE ... RETURNING, run with `params`) is tried
+    first, under If-Match only while the task is at one of `versions`. It finds
+    no row for a missing, foreign or stale task, and for a task it leaves to the
+    transaction (a recurring one); when no tag can match, it is not even sent.
+    Then, given `changes_for(current row) -> changes`, the transaction
+    (`_write_locked`) decides; a write without one answers 412 if the task
+    exists, else 404.
+    """
+    if statement is not None and (versions is None or versions):
+        if versions is not None:
+            statement, params = _only_at_versions(statement), {**params, "versions": list(versions)}
+        row = owned_row(db, statement, user_id, task_id, params)
+        if row is not None:
+            return row, None
+    if changes_for is not None:
+        return _write_locked(db, user_id, task_id, versions, changes_for)
+    if versions is not None and owned_row(db, _SELECT, user_id, task_id) is not None:
+        raise StaleTask()
+    raise NoSuchTask()
+
+
+def _write_locked(
+    db: Connection, user_id: str, task_id: int, versions: Versions, changes_for: Callable[[Row], Values]
+) -> Written:
+    """Change a task in one transaction, with its row locked and seen first.
+
+    Checks If-Match's versions on the locked row, checks rules that span fields
+    (a recurring task needs a due date), clears `reminder_sent` when the
+    reminder moves (see `reminder_moved`), and when a recurring task becomes
+    completed, creates its next occurrence.
+    """
+    with transaction(db):
+        current = _found(owned_row(db, _SELECT_FOR_UPDATE, user_id, task_id))
+        if versions is not None and current.updated_at not in versions:
+            raise StaleTask()
+        # Read after the row is locked, and only when needed: a zone change that
+        # moved this task has committed by now, or waits for this transaction.
+        time_zone = functools.cache(lambda: time_zone_of(db, user_id))
+        changes = on_the_wall_clock(changes_for(current), time_zone)
+        after = {**current._mapping, **changes}
+        if after["recurrence_pattern"] and after["due_date"] is None:
+            raise ValidationError({"due_date": [RECURRING_NEEDS_DUE_DATE]})
+        if reminder_moved(current, after):
+            changes["reminder_sent"] = False
+        if not changes:
+            return current, None
+        row = _found(owned_row(db, _update(frozenset(changes)), user_id, task_id, {**changes, "now": utcnow()}))
+        next_task = None
+        if row.completed and not current.completed and row.recurrence_pattern:
+            upcoming = next_occurrence(row, time_zone())
+            if upcoming is not None:
+                next_task = db.execute(_INSERT, upcoming).one()
+    return row, next_task
+
+
+def reminder_moved(current: Row, after: Values) -> bool:
+    """Whether a change moves the task's reminder: its `remind_at`, or, without one, the due date it is
+    derived from (see `reminders.reminder_time`). A moved reminder is due again, so `reminder_sent` clears."""
+    if after["remind_at"] != current.remind_at:
+        return True
+    return after["remind_at"] is None and after["due_date"] != current.due_date
+
+
+def on_the_wall_clock(changes: Values, time_zone: Callable[[], ZoneInfo]) -> Values:
+    """The changes, with the instants of wall-clock values computed in the user's zone.
+
+    `time_zone()` gives the zone; it is called only when a change needs it.
+    """
+    for instant, local in (("due_date", "due_local"), ("remind_at", "remind_local")):
+        if changes.get(local) is not None:
+            changes = {**changes, instant: local_to_utc(changes[local], time_zone())}
+    return changes
+
+
+# -- The operations the routes call -----------------------------------------------
+
+
+def create_task(db: Connection, user_id: str, fields: Values, now: datetime | None = None) -> Row:
+    """Insert a task; `now` (naive UTC) is its creation time and first version, by default the clock's."""
+    now = now or utcnow()
+    values = {
+        "description": None,
+        "priority": "medium",
+        "category": None,
+        "tags": [],
+        "due_date": None,
+        "due_all_day": False,
+        "due_local": None,
+        "recurrence_pattern": None,
+        "remind_at": None,
+        "remind_local": None,
+        **fields,
+        "user_id": user_id,
+        "completed": False,
+        "reminder_sent": False,
+        "created_at": now,
+        "updated_at": now,
+    }
+    if values["due_local"] is None and values["remind_local"] is None:
+        return db.execute(_INSERT, values).one()
+    given = {_GIVEN.get(name, name): value for name, value in values.items()}
+    return db.execute(_INSERT_ON_THE_WALL_CLOCK, {**given, "owner_id": user_id}).one()
+
+
+def get_task(db: Connection, user_id: str, task_id: int) -> Row:
+    return _found(owned_row(db, _SELECT, user_id, task_id))
+
+
+def update_task(db: Connection, user_id: str, task_id: int, changes: Values, versions: Versions = None) -> Written:
+    """Apply a partial update (only the fields sent change)."""
+    single = changes and changes.keys() <= SINGLE_STATEMENT_FIELDS
+    statement = _update_unless_recurring(frozenset(changes)) if single else None
+    return write_task(db, user_id, task_id, versions, statement, {**changes, "now": utcnow()}, lambda _: changes)
+
+
+def toggle_task(db: Connection, user_id: str, task_id: int, versions: Versions = None) -> Written:
+    """Flip `completed`."""
+    return write_task(db, user_id, task_id, versions, _TOGGLE_UNLESS_RECURRING, {"now": utcnow()}, _toggled)
+
+
+def _toggled(current: Row) -> Values:
+    return {"completed": not current.completed}
+
+
+def set_task_completed(
+    db: Connection, user_id: str, task_id: int, completed: bool, versions: Versions = None
+) -> Written:
+    """Set `completed`, so a retried request cannot flip it back."""
+    # Only completing creates an occurrence: marking a recurring task not done is one statement too.
+    statement = _update_unless_recurring(COMPLETED) if completed else _update(COMPLETED)
+    params = {"completed": completed, "now": utcnow()}
+    return write_task(db, user_id, task_id, versions, statement, params, lambda _: {"completed": completed})
+
+
+def mark_reminder_sent(db: Connection, user_id: str, task_id: int, versions: Versions = None) -> Row:
+    params = {"reminder_sent": True, "now": utcnow()}
+    return write_task(db, user_id, task_id, versions, _update(REMINDER_SENT), params)[0]
+
+
+def delete_task(db: Connection, user_id: str, task_id: int, versions: Versions = None) -> None:
+    write_task(db, user_id, task_id, versions, _DELETE, {})

@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test test-quick lint format bench install clean
+.PHONY: run test test-quick lint format bench pins install clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,16 @@ format: install
 
 bench: install
 	$(BIN)/python bench/run.py $(ARGS)
+
+# Regenerate the pinned, hashed requirements from requirements.in and requirements-dev.in (pip-tools).
+pins:
+	$(PYTHON) -m venv .pins-venv
+	.pins-venv/bin/pip install --quiet pip-tools==7.6.2
+	.pins-venv/bin/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+		--no-emit-find-links -o requirements.txt requirements.in
+	.pins-venv/bin/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+		--no-emit-find-links -o requirements-dev.txt requirements-dev.in
+	rm -rf .pins-venv
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

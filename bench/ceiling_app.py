@@ -44,7 +44,7 @@ def session_lookup_parameters(token):
 TASK_COLUMNS = (
     "task.id, task.user_id, task.title, task.description, task.completed, task.priority, task.category, "
     "task.tags, task.created_at, task.updated_at, task.due_date, task.recurrence_pattern, task.remind_at, "
-    "task.reminder_sent"
+    "task.reminder_sent, task.due_all_day, task.due_local, task.remind_local"
 )
 TIMEOUT = "SET LOCAL statement_timeout = 5000; "
 NEXT_UPDATED_AT = "updated_at=GREATEST(%(now)s, task.updated_at + INTERVAL '1 microsecond')"
@@ -58,9 +58,10 @@ LIST = (
 GET = f"{TIMEOUT}SELECT {TASK_COLUMNS} \nFROM task \nWHERE {OWNED}"
 CREATE = (
     f"{TIMEOUT}INSERT INTO task (user_id, title, description, completed, priority, category, tags, created_at, "
-    "updated_at, due_date, recurrence_pattern, remind_at, reminder_sent) VALUES (%(user_id)s, %(title)s, "
-    "%(description)s, %(completed)s, %(priority)s, %(category)s, %(tags)s::JSON, %(created_at)s, %(updated_at)s, "
-    f"%(due_date)s, %(recurrence_pattern)s, %(remind_at)s, %(reminder_sent)s) RETURNING {TASK_COLUMNS}"
+    "updated_at, due_date, recurrence_pattern, remind_at, reminder_sent, due_all_day, due_local, remind_local) "
+    "VALUES (%(user_id)s, %(title)s, %(description)s, %(completed)s, %(priority)s, %(category)s, %(tags)s::JSON, "
+    "%(created_at)s, %(updated_at)s, %(due_date)s, %(recurrence_pattern)s, %(remind_at)s, %(reminder_sent)s, "
+    f"%(due_all_day)s, %(due_local)s, %(remind_local)s) RETURNING {TASK_COLUMNS}"
 )
 TOGGLE = (
     f"{TIMEOUT}UPDATE task SET completed=NOT task.completed, {NEXT_UPDATED_AT} "
@@ -69,10 +70,20 @@ TOGGLE = (
 # The frontend's edit form sends title, description, priority, due_date and recurrence_pattern (and is_recurring,
 # which is derived): the schedule fields make todo-api lock the row in a transaction before it writes.
 UPDATE_LOCK = f"{GET} FOR UPDATE"
-UPDATE_FORM_FIELDS = ("title", "description", "priority", "due_date", "recurrence_pattern")
+# The form's fields as the update schema loads them: a due date without an offset would be kept on the wall clock.
+UPDATE_FORM_FIELDS = {
+    "title": None,
+    "description": None,
+    "priority": None,
+    "due_date": None,
+    "recurrence_pattern": None,
+    "due_all_day": False,
+    "due_local": None,
+}
 UPDATE_FORM = (
     f"{TIMEOUT}UPDATE task SET title=%(title)s, description=%(description)s, priority=%(priority)s, "
-    f"{NEXT_UPDATED_AT}, due_date=%(due_date)s, recurrence_pattern=%(recurrence_pattern)s "
+    f"{NEXT_UPDATED_AT}, due_date=%(due_date)s, recurrence_pattern=%(recurrence_pattern)s, "
+    "due_all_day=%(due_all_day)s, due_local=%(due_local)s "
     f"WHERE {OWNED} RETURNING {TASK_COLUMNS}"
 )
 CREATE_DEFAULTS = {
@@ -84,8 +95,22 @@ CREATE_DEFAULTS = {
     "due_date": None,
     "recurrence_pattern": None,
     "remind_at": None,
+    "due_all_day": False,
+    "due_local": None,
+    "remind_local": None,
 }
 JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC  # todo-api's JSON provider
+
+
+def output(task):
+    """A task as todo-api shows it (`schemas.task_output`): a wall-clock value replaces its instant."""
+    due_local, remind_local = task.pop("due_local"), task.pop("remind_local")
+    if due_local is not None:
+        task["due_date"] = due_local.isoformat()
+    if remind_local is not None:
+        task["remind_at"] = remind_local.isoformat()
+    task["is_recurring"] = task["recurrence_pattern"] is not None
+    return task
 
 
 def utcnow():
@@ -120,9 +145,7 @@ def create_app(database_url=None, connection_factory=None):
         row = cur.fetchone()
         if row is None:
             return None
-        task = dict(zip((column.name for column in cur.description), row, strict=True))
-        task["is_recurring"] = task["recurrence_pattern"] is not None
-        return task
+        return output(dict(zip((column.name for column in cur.description), row, strict=True)))
 
     def one(cur):
         task = task_of(cur)
@@ -156,9 +179,7 @@ def create_app(database_url=None, connection_factory=None):
     def list_tasks(cur, owner):
         cur.execute(LIST, {"user_id_1": owner, "param_1": LIST_LIMIT})
         names = [column.name for column in cur.description]
-        tasks = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-        for task in tasks:
-            task["is_recurring"] = task["recurrence_pattern"] is not None
+        tasks = [output(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
         return answer({"data": tasks})
 
     @app.post("/api/tasks")
@@ -195,7 +216,8 @@ def create_app(database_url=None, connection_factory=None):
             if cur.fetchone() is None:
                 cur.execute("ROLLBACK")
                 return answer({"detail": "Task not found"}, 404)
-            cur.execute(UPDATE_FORM, {**{name: body.get(name) for name in UPDATE_FORM_FIELDS}, "now": utcnow(), **key})
+            form = {name: body.get(name, default) for name, default in UPDATE_FORM_FIELDS.items()}
+            cur.execute(UPDATE_FORM, {**form, "now": utcnow(), **key})
             task = task_of(cur)
         except BaseException:
             cur.execute("ROLLBACK")

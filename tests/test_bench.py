@@ -139,7 +139,7 @@ def test_list_and_get_run_the_same_statements_and_answer_the_same_bytes(
         from_service, from_ceiling = compare(service, ceiling, statements, service_statements, headers, "GET", path)
         assert (from_ceiling.status_code, from_ceiling.get_data()) == (200, from_service.get_data())
         assert from_ceiling.mimetype == "application/json"
-    assert len(orjson.loads(from_ceiling.get_data())["data"]) == 15  # every field of a task, is_recurring included
+    assert len(orjson.loads(from_ceiling.get_data())["data"]) == 16  # every field of a task, is_recurring included
 
 
 def test_writes_run_the_same_statements_and_answer_the_same_tasks(

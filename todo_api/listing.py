@@ -43,7 +43,7 @@ from werkzeug.exceptions import ServiceUnavailable
 from .database import transaction
 from .schemas import ListQuery, WallClock, storable_text
 from .tables import MAX_TASK_ID, PRIORITIES, task
-from .task_store import time_zone_name_sql, time_zone_of
+from .task_store import SessionCheck, time_zone_name_sql, time_zone_of
 from .timezones import local_to_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -252,21 +252,25 @@ class SearchTooSlow(ServiceUnavailable):
     description = "The search took too long; try a more specific keyword"
 
 
-def find_tasks(db, user_id, query: ListQuery, cursors, search_timeout_ms=0):
+def find_tasks(db, user_id, query: ListQuery, cursors, search_timeout_ms=0, session: SessionCheck | None = None):
     """The rows of one page, and one more when more follow.
 
     On Postgres a search runs in a transaction of its own that holds the search
     word in a setting (`SEARCH_SETTING`); its SELECT is bounded by
     `search_timeout_ms` (0: the database's default statement timeout), and a
-    cancelled search is `SearchTooSlow`.
+    cancelled search is `SearchTooSlow`. Under `session`, the SELECT checks
+    the caller's session too (no rows when it is dead).
     """
     statement = list_statement(user_id, placed_in_zone(db, user_id, query), db.dialect.name, cursors)
+    params = {}
+    if session is not None:  # built per request: not `task_store.checked`, whose statements are cached
+        statement, params = statement.where(session.guard), {"owner_id": user_id, "digest": session.digest}
     if not query.q or db.dialect.name != "postgresql":
-        return db.execute(statement).all()
+        return db.execute(statement, params).all()
     options = {"statement_timeout_ms": search_timeout_ms} if search_timeout_ms else {}
     try:
         with transaction(db, setting=(SEARCH_SETTING, LITERAL_REGEX + query.q)):
-            return db.execute(statement, execution_options=options).all()
+            return db.execute(statement, params, execution_options=options).all()
     except OperationalError as error:
         if not isinstance(error.orig, QueryCanceled):
             raise

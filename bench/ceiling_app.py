@@ -63,8 +63,8 @@ LIST_LIMIT = 1001  # the service's ceiling of 1,000 rows, plus one to tell wheth
 
 LIST = (
     f"{TIMEOUT}SELECT {TASK_COLUMNS} \nFROM task \n"
-    f"WHERE task.user_id = %(user_id_1)s AND ({SESSION_CHECK}) ORDER BY task.created_at DESC, task.id DESC \n"
-    " LIMIT %(param_1)s"
+    f"WHERE task.user_id = %(owner_id)s AND ({SESSION_CHECK}) ORDER BY task.created_at DESC, task.id DESC \n"
+    " LIMIT %(page_limit)s"
 )
 GET = f"{TIMEOUT}SELECT {TASK_COLUMNS} \nFROM task \nWHERE {OWNED} AND ({SESSION_CHECK})"
 CREATE_COLUMNS = (
@@ -225,7 +225,7 @@ def create_app(database_url=None, connection_factory=None):
     @app.get("/api/tasks")
     @authenticated
     def list_tasks(cur, who):
-        cur.execute(LIST, {"user_id_1": who.owner, "param_1": LIST_LIMIT, **who.key})
+        cur.execute(LIST, {"page_limit": LIST_LIMIT, **who.key})
         names = [column.name for column in cur.description]
         tasks = [output(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
         if not tasks and not who.is_live(cur):

@@ -163,7 +163,7 @@ def main():
             for label, path in checkouts.items():
                 command = [sys.executable, os.path.abspath(__file__), "--child", url, token]
                 command += ["--requests", str(args.requests)] + (["--driver"] if args.driver else [])
-                env = {**os.environ, "PYTHONPATH": path}
+                env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")]))}
                 output = subprocess.run(command, env=env, cwd=path, check=True, capture_output=True, text=True)
                 results[label].append(json.loads(output.stdout.strip().splitlines()[-1]))
     finally:

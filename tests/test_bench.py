@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import event
 
 from bench import ceiling_app, run
-from support import base_config, truncate_postgres
+from support import base_config, delete_session, truncate_postgres
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.database import get_engine
@@ -59,10 +59,22 @@ def service(postgres_url):
 
 
 @pytest.fixture
-def headers(service):
+def token(service):
     with get_engine(service).begin() as connection:
-        token = create_user_session(connection, service.config, "bench@example.com")
+        return create_user_session(connection, service.config, "bench@example.com")
+
+
+@pytest.fixture
+def cold_headers(token):
+    """A session neither the service nor the ceiling app has seen."""
     return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+@pytest.fixture
+def headers(service, cold_headers):
+    """A session the service has confirmed (the ceiling fixture confirms it in the ceiling app)."""
+    assert service.test_client().get("/api/tasks", headers=cold_headers).status_code == 200
+    return cold_headers
 
 
 @pytest.fixture
@@ -139,7 +151,7 @@ def test_list_and_get_run_the_same_statements_and_answer_the_same_bytes(
         from_service, from_ceiling = compare(service, ceiling, statements, service_statements, headers, "GET", path)
         assert (from_ceiling.status_code, from_ceiling.get_data()) == (200, from_service.get_data())
         assert from_ceiling.mimetype == "application/json"
-    assert len(orjson.loads(from_ceiling.get_data())["data"]) == 15  # every field of a task, is_recurring included
+    assert len(orjson.loads(from_ceiling.get_data())["data"]) == 16  # every field of a task, is_recurring included
 
 
 def test_writes_run_the_same_statements_and_answer_the_same_tasks(
@@ -160,7 +172,7 @@ def test_writes_run_the_same_statements_and_answer_the_same_tasks(
     from_service, from_ceiling = compare(
         service, ceiling, statements, service_statements, headers, "PUT", f"/api/tasks/{task}", UPDATE_BODY
     )
-    assert [statement.split()[0] for statement, _ in statements] == ["SET", "BEGIN", "SET", "SET", "COMMIT"]
+    assert [statement for statement, _ in statements] == [ceiling_app.UPDATE_FORM]
     assert (from_service.status_code, from_ceiling.status_code) == (200, 200)
     updated_by_service, updated_by_ceiling = from_service.get_json()["data"], from_ceiling.get_json()["data"]
     assert without(updated_by_ceiling, "updated_at") == without(updated_by_service, "updated_at")
@@ -177,6 +189,56 @@ def test_writes_run_the_same_statements_and_answer_the_same_tasks(
     assert without(from_ceiling.get_json()["data"], "updated_at", "completed") == without(
         from_service.get_json()["data"], "updated_at", "completed"
     )
+
+
+def test_each_request_is_one_statement_once_the_session_is_known(
+    service, ceiling, statements, service_statements, headers
+):
+    """The hot path: one statement per request, the session checked in it."""
+    created = service.test_client().post("/api/tasks", headers=headers, data=CREATE_BODY).get_json()["data"]
+    for method, path, statement in [
+        ("GET", "/api/tasks", ceiling_app.LIST),
+        ("GET", f"/api/tasks/{created['id']}", ceiling_app.GET),
+        ("PATCH", f"/api/tasks/{created['id']}/complete", ceiling_app.TOGGLE),
+        ("PUT", f"/api/tasks/{created['id']}", ceiling_app.UPDATE_FORM),
+        ("POST", "/api/tasks", ceiling_app.CREATE),
+    ]:
+        body = {"POST": CREATE_BODY, "PUT": UPDATE_BODY}.get(method)
+        compare(service, ceiling, statements, service_statements, headers, method, path, body)
+        assert [sent for sent, _ in statements] == [statement]
+
+
+def test_a_new_session_is_looked_up_first_and_a_missing_task_after(
+    service, cold_ceiling, statements, service_statements, cold_headers
+):
+    assert cold_ceiling.get("/api/tasks").status_code == 401  # connects, and sets the time zone
+    from_service, from_ceiling = compare(
+        service, cold_ceiling, statements, service_statements, cold_headers, "GET", "/api/tasks"
+    )
+    assert [statement for statement, _ in statements] == [ceiling_app.SESSION_LOOKUP, ceiling_app.LIST]
+    assert (from_ceiling.status_code, from_ceiling.get_data()) == (200, from_service.get_data())
+    from_service, from_ceiling = compare(
+        service, cold_ceiling, statements, service_statements, cold_headers, "GET", "/api/tasks/123456"
+    )
+    assert [statement for statement, _ in statements] == [ceiling_app.GET, ceiling_app.SESSION_LOOKUP]  # 404 or 401?
+    assert (from_service.status_code, from_ceiling.status_code) == (404, 404)
+
+
+def test_a_signed_out_session_is_refused_by_both_on_the_next_request(
+    service, ceiling, statements, service_statements, headers, token
+):
+    delete_session(service, token)
+    # The work, which finds nothing, then the lookup; the session is then forgotten, and only looked up.
+    for method, path, body, sent_statements in [
+        ("GET", "/api/tasks", None, [ceiling_app.LIST, ceiling_app.SESSION_LOOKUP]),
+        ("POST", "/api/tasks", CREATE_BODY, [ceiling_app.SESSION_LOOKUP]),
+    ]:
+        from_service, from_ceiling = compare(
+            service, ceiling, statements, service_statements, headers, method, path, body
+        )
+        assert [statement for statement, _ in statements] == sent_statements
+        assert (from_service.status_code, from_ceiling.status_code) == (401, 401)
+        assert from_service.get_json() == from_ceiling.get_json() == {"detail": "Not authenticated"}
 
 
 def test_the_ceiling_refuses_what_the_service_refuses(service, ceiling, headers):

@@ -21,7 +21,7 @@ from todo_api import create_app, listing
 from todo_api.database import get_engine, normalize_url, transaction
 from todo_api.migrate import create_schema
 from todo_api.schemas import WallClock, list_query_schema
-from todo_api.state import get_cursors, get_session_lookup
+from todo_api.state import app_state, get_cursors, get_session_lookup
 from todo_api.token_digest import token_digest
 
 FILL = text("""
@@ -80,6 +80,16 @@ def explain(postgres_url):
     def lookup_plan(token):
         return "\n".join(connection.exec_driver_sql(f"EXPLAIN {lookup_sql}", {"digest": token_digest(token)}).scalars())
 
+    guard = app_state(app).session_guard
+
+    def plain_plan(**shape):
+        """The plan of a plain list as the task route sends it: the session checked in its WHERE clause."""
+        statement = listing.plain_list_statement(guard=guard, **shape)
+        params = {"owner_id": "user-7", "digest": token_digest("no-such-token"), "page_limit": 1001}
+        sql = str(statement.compile(dialect=connection.dialect))
+        return "\n".join(connection.exec_driver_sql(f"EXPLAIN {sql}", params).scalars())
+
+    plan.plain = plain_plan
     plan.cursors = cursors
     plan.connection = connection
     plan.lookup = lookup_plan
@@ -100,6 +110,23 @@ def assert_index_range_scan(plan, index):
 
 def test_default_listing(explain):
     assert_index_range_scan(explain(), "ix_task_user_created")
+
+
+@pytest.mark.parametrize(
+    ("status", "sort_by", "descending", "index"),
+    [
+        ("all", "created_at", True, "ix_task_user_created"),
+        ("pending", "created_at", False, "ix_task_user_created"),
+        ("all", "due_date", False, "ix_task_user_due_asc"),
+    ],
+)
+def test_the_plain_list_with_the_session_check_is_still_a_range_scan(explain, status, sort_by, descending, index):
+    """The session is checked once, by its index, before the range scan (a one-time filter), not per row."""
+    plan = explain.plain(status=status, sort_by=sort_by, descending=descending)
+    assert "Index Scan using ix_session_token_digest on session" in plan, plan
+    assert "One-Time Filter: $0" in plan, plan
+    assert f"using {index} on task" in plan and "Index Cond: ((user_id)::text = 'user-7'::text)" in plan, plan
+    assert "Sort" not in plan and "Seq Scan" not in plan, plan
 
 
 def test_status_and_priority_filter(explain):

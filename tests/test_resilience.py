@@ -1,5 +1,7 @@
 """The service rides out database restarts and outages without a restart of its own."""
 
+import time
+
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -23,6 +25,15 @@ def terminate_service_connections(database):
     return killed
 
 
+def terminate_and_wait(database):
+    """Terminate the service's connections, and wait until their server processes have gone (and so have told
+    the connections they are closed)."""
+    assert terminate_service_connections(database) >= 1
+    deadline = time.monotonic() + 5
+    while terminate_service_connections(database) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_requests_succeed_right_after_the_database_drops_every_connection(app, client, auth, create_task):
     task = create_task()
     assert client.get("/api/tasks", headers=auth).status_code == 200
@@ -31,6 +42,18 @@ def test_requests_succeed_right_after_the_database_drops_every_connection(app, c
     assert response.status_code == 200
     assert response.get_json() == {"data": [task]}
     assert client.patch(f"/api/tasks/{task['id']}/complete", headers=auth).status_code == 200
+
+
+def test_a_write_right_after_the_database_drops_every_connection_succeeds_once(app, client, auth, create_task):
+    """The task routes' first statement is the write itself (it checks the session): a connection the server
+    ended is replaced and the write runs again, exactly once."""
+    task = create_task()
+    terminate_and_wait(get_engine(app).url.database)
+    response = client.patch(f"/api/tasks/{task['id']}/complete", headers=auth)
+    assert (response.status_code, response.get_json()["data"]["completed"]) == (200, True)
+    terminate_and_wait(get_engine(app).url.database)
+    assert client.post("/api/tasks", headers=auth, json={"title": "after"}).status_code == 200
+    assert [t["title"] for t in client.get("/api/tasks", headers=auth).get_json()["data"]] == ["after", "A task"]
 
 
 def test_a_statement_past_the_timeout_is_503_not_a_stuck_worker(make_app, auth, token):

@@ -357,9 +357,10 @@ def test_lists_read_the_zone_only_for_wall_clock_bounds(app, client, auth, creat
     log = StatementLog(app)
     try:
         for query, statements in [
-            ("overdue=true", ["SELECT", "SELECT"]),
+            ("overdue=true", ["SELECT"]),
+            # An empty page: the session is then looked up, to tell 401 from an empty list.
             ("due_before=2026-01-31T00:00:00Z&overdue=false", ["SELECT", "SELECT"]),
-            ("due_before=2026-01-31", ["SELECT", "SELECT", "SELECT"]),
+            ("due_before=2026-01-31", ["SELECT", "SELECT"]),
             ("overdue=false&due_after=2026-01-30T10:00&due_before=2026-02-01", ["SELECT", "SELECT", "SELECT"]),
         ]:
             log.statements.clear()
@@ -375,19 +376,19 @@ def test_writes_that_need_the_zone_read_it_in_their_own_statement_or_transaction
     log = StatementLog(app)
     try:
         assert client.post("/api/tasks", headers=auth, json={"title": "x", "due_date": "2026-01-30"}).status_code == 200
-        assert log.statements == ["SELECT", "INSERT"]
+        assert log.statements == ["INSERT"]
         log.statements.clear()
         assert client.put(f"/api/tasks/{plain['id']}", headers=auth, json={"title": "y"}).status_code == 200
-        assert log.statements == ["SELECT", "UPDATE"]
+        assert log.statements == ["UPDATE"]
         log.statements.clear()
         assert client.put(f"/api/tasks/{plain['id']}", headers=auth, json={"due_date": "2026-01-31"}).status_code == 200
-        assert log.statements == ["SELECT", "BEGIN", "SELECT", "SELECT", "UPDATE", "COMMIT"]
+        assert log.statements == ["BEGIN", "SELECT", "SELECT", "UPDATE", "COMMIT"]
         log.statements.clear()
         assert client.put(f"/api/tasks/{plain['id']}", headers=auth, json={"due_date": None}).status_code == 200
-        assert log.statements == ["SELECT", "BEGIN", "SELECT", "UPDATE", "COMMIT"]  # no zone needed
+        assert log.statements == ["UPDATE"]  # no zone needed, and the task does not recur: one statement
         log.statements.clear()
         assert client.patch(f"/api/tasks/{recurring['id']}/complete", headers=auth).status_code == 200
-        assert log.statements == ["SELECT", "UPDATE", "BEGIN", "SELECT", "UPDATE", "SELECT", "INSERT", "COMMIT"]
+        assert log.statements == ["UPDATE", "BEGIN", "SELECT", "UPDATE", "SELECT", "INSERT", "COMMIT"]
     finally:
         log.close()
 

@@ -10,7 +10,7 @@ from dotenv import load_dotenv
 from flask import Flask
 
 from . import cli, config, cors, database, errors, ratelimit, state, web
-from .auth import session_lookup
+from .auth import KnownSessions, session_guard, session_lookup
 from .json_provider import OrjsonProvider
 from .listing import Cursors
 
@@ -47,6 +47,8 @@ def register_extensions(app):
         engine=database.build_engine(app.config, app.instance_path),
         session_lookup=session_lookup(app.config),
         cursors=Cursors(signing_secret(app)),
+        session_guard=session_guard(app.config),
+        known_sessions=KnownSessions(),
     )
     state.init_app(app, app_state)
     database.init_app(app)

@@ -10,9 +10,15 @@ Better Auth hands a client the same credential in two forms:
 
 Either may come in `Authorization: Bearer ...`; the cookie is read only when
 there is no Authorization header, and only with BETTER_AUTH_SECRET set.
-The session row is looked up on every request, by the token's digest (see
+The session row is checked on every request, by the token's digest (see
 token_digest.py), so a signed-out (deleted) or expired session is refused on
-the very next request.
+the very next request. On the task routes that check is folded into the
+statement that does the work (`session_guard`): the user id it needs before
+that statement runs (to key the rate limits, and to filter by) comes from
+`KnownSessions`, which remembers only sessions the database has confirmed;
+an unknown digest is looked up first (`session_lookup`). When the folded
+statement finds nothing, or the request is refused before it runs, the
+classic lookup tells a dead session (401, forgotten) from a missing task.
 Tokens are never logged, whole or in part.
 """
 
@@ -20,16 +26,18 @@ import base64
 import hashlib
 import hmac
 import logging
+import threading
+from collections import OrderedDict
 from urllib.parse import unquote
 
 from flask import current_app, g, request
-from sqlalchemy import LargeBinary, MetaData, bindparam, func, select
-from sqlalchemy.sql import Select
+from sqlalchemy import LargeBinary, MetaData, bindparam, exists, func, select
+from sqlalchemy.sql import ColumnElement, Select
 from werkzeug.exceptions import Unauthorized, UnsupportedMediaType
 
 from . import token_digest
 from .database import execute_retrying_once
-from .state import get_session_lookup
+from .state import app_state, get_session_lookup
 from .tables import session_table, unexpired
 
 log = logging.getLogger(__name__)
@@ -60,6 +68,50 @@ def session_lookup(config) -> Select:
         getattr(func, token_digest.FUNCTION)(token) == bindparam("digest", type_=LargeBinary),
         unexpired(sessions.c[config["SESSION_EXPIRES_AT_COLUMN"]]),
     )
+
+
+def session_guard(config) -> ColumnElement:
+    """SQL: the session whose digest is bound as `digest` is live and is the session of `owner_id`.
+
+    A task statement on the hot path carries it in its WHERE clause, so the
+    session is checked in the same round trip as the work (`task_store`).
+    """
+    sessions = session_table(config, MetaData())
+    token = sessions.c[config["SESSION_TOKEN_COLUMN"]]
+    return exists().where(
+        getattr(func, token_digest.FUNCTION)(token) == bindparam("digest", type_=LargeBinary),
+        unexpired(sessions.c[config["SESSION_EXPIRES_AT_COLUMN"]]),
+        sessions.c[config["SESSION_USER_ID_COLUMN"]] == bindparam("owner_id"),
+    )
+
+
+class KnownSessions:
+    """A bounded LRU map from token digest to user id, of sessions the database confirmed.
+
+    Only a key for the rate limits and the owner a statement filters by: every
+    statement that uses it checks the session again (`session_guard`).
+    """
+
+    def __init__(self, size=10_000):
+        self.size, self.users, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, digest):
+        with self.lock:
+            user_id = self.users.get(digest)
+            if user_id is not None:
+                self.users.move_to_end(digest)
+            return user_id
+
+    def remember(self, digest, user_id):
+        with self.lock:
+            self.users[digest] = user_id
+            self.users.move_to_end(digest)
+            if len(self.users) > self.size:
+                self.users.popitem(last=False)
+
+    def forget(self, digest):
+        with self.lock:
+            self.users.pop(digest, None)
 
 
 def sign(token, secret):
@@ -106,19 +158,47 @@ def credential_from_request(config):
     return cookie, True
 
 
-def authenticate():
-    """Set `g.user_id` from a live Better Auth session, or refuse the request."""
+def authenticate(deferred=False):
+    """Set `g.user_id` from a live Better Auth session, or refuse the request.
+
+    `deferred`: a session the database confirmed before (`KnownSessions`) is
+    taken as the caller's without a lookup, and `g.session_digest` is set for
+    the statement that checks it (`session_guard`); the route must then call
+    `confirm_session` before it answers anything but that statement's rows.
+    """
     config = current_app.config
     credential, from_cookie = credential_from_request(config)
     token = credential and session_token(credential, config["BETTER_AUTH_SECRET"])
     if not token:
         log.info("rejected request: missing or malformed credential")
         raise NotAuthenticated()
-    user_id = execute_retrying_once(get_session_lookup(), {"digest": token_digest.token_digest(token)}).scalar()
+    digest = token_digest.token_digest(token)
+    forged_write = from_cookie and request.method in STATE_CHANGING_METHODS and not request.is_json
+    known = app_state().known_sessions
+    user_id = known.get(digest) if deferred and not forged_write else None
+    g.session_digest, g.session_unconfirmed = digest, user_id is not None
     if user_id is None:
-        log.info("rejected request: unknown or expired session")
-        raise NotAuthenticated()
-    if from_cookie and request.method in STATE_CHANGING_METHODS and not request.is_json:
+        user_id = lookup_session(digest)
+    if forged_write:
         # A cross-site HTML form cannot send application/json, so this stops forged writes.
         raise UnsupportedMediaType("Requests authenticated by cookie that change data must be sent as application/json")
     g.user_id = user_id
+
+
+def lookup_session(digest):
+    """The user id of the live session with this digest (remembered in `KnownSessions`); else 401."""
+    user_id = execute_retrying_once(get_session_lookup(), {"digest": digest}).scalar()
+    known = app_state().known_sessions
+    if user_id is None:
+        known.forget(digest)
+        log.info("rejected request: unknown or expired session")
+        raise NotAuthenticated()
+    known.remember(digest, user_id)
+    return user_id
+
+
+def confirm_session():
+    """After a deferred `authenticate`: make sure the session is live (401 if not) before answering otherwise."""
+    if g.pop("session_unconfirmed", False):
+        if lookup_session(g.session_digest) != g.user_id:
+            raise NotAuthenticated()

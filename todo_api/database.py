@@ -13,6 +13,7 @@ connection (`execute_retrying_once`). Schema changes are `migrate`'s.
 """
 
 import os
+import select
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -209,13 +210,25 @@ def close_db(_exc: BaseException | None = None) -> None:
 Result = TypeVar("Result")
 
 
-def run_with_retry(attempt: Callable[[], Result], before_retry: Callable[[], None] | None = None) -> Result:
+# SQLSTATE class 57P: the server ended the session (shutdown, termination) before or while running the
+# statement, so nothing of it was committed; a write that failed so may run again.
+SERVER_ENDED_SESSION = "57P"
+
+
+def run_with_retry(
+    attempt: Callable[[], Result], before_retry: Callable[[], None] | None = None, writes: bool = False
+) -> Result:
     """`attempt()`, and once more if it failed on a dead connection (one the pool kept from before a database
-    restart); SQLAlchemy has then discarded the pool's other connections from before the drop."""
+    restart); SQLAlchemy has then discarded the pool's other connections from before the drop.
+
+    An attempt that `writes` runs again only when the server said it ended the session: a connection that
+    merely went silent may have committed the write before it did."""
     try:
         return attempt()
     except DBAPIError as error:
         if not error.connection_invalidated:
+            raise
+        if writes and not (getattr(error.orig, "pgcode", None) or "").startswith(SERVER_ENDED_SESSION):
             raise
     if before_retry is not None:
         before_retry()
@@ -229,6 +242,31 @@ def execute_retrying_once(statement: Executable, params: dict[str, Any]) -> Curs
     request: a dropped connection is found by the query itself.
     """
     return run_with_retry(lambda: get_db().execute(statement, params), before_retry=close_db)
+
+
+def on_live_connection(operation: Callable[[Connection], Result], writes: bool = False) -> Result:
+    """`operation(request's connection)`; on a dead one, once more on a fresh one (see `run_with_retry`).
+
+    The task routes' statements are their requests' first (they check the session themselves), so they take
+    the place of the session lookup in `execute_retrying_once`. Before a write, a connection the server has
+    closed (after a restart) is found without a round trip (`closed_by_server`) and replaced.
+    """
+    if writes and closed_by_server(get_db()):
+        g.db.invalidate()
+        close_db()
+    return run_with_retry(lambda: operation(get_db()), before_retry=close_db, writes=writes)
+
+
+def closed_by_server(connection: Connection) -> bool:
+    """Whether the server has spoken on this idle connection, which it does only to close it (this service
+    listens for no notifications): its socket is readable. Asks the kernel, sends nothing."""
+    dbapi_connection = connection.connection.dbapi_connection
+    if not isinstance(dbapi_connection, psycopg2.extensions.connection):
+        return False
+    if dbapi_connection.closed:
+        return True
+    readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+    return bool(readable)
 
 
 def ping() -> None:

@@ -28,6 +28,7 @@ lookup of the zone, for those lists only.
 """
 
 import dataclasses
+import functools
 import logging
 from datetime import datetime
 
@@ -35,7 +36,7 @@ import orjson
 from itsdangerous import BadSignature, URLSafeSerializer
 from marshmallow import ValidationError
 from psycopg2.errors import QueryCanceled
-from sqlalchemy import DateTime, Text, and_, exists, func, literal, literal_column, or_, select, tuple_
+from sqlalchemy import DateTime, Text, and_, bindparam, exists, func, literal, literal_column, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import ServiceUnavailable
@@ -43,7 +44,7 @@ from werkzeug.exceptions import ServiceUnavailable
 from .database import transaction
 from .schemas import ListQuery, WallClock, storable_text
 from .tables import MAX_TASK_ID, PRIORITIES, task
-from .task_store import time_zone_name_sql, time_zone_of
+from .task_store import SessionCheck, time_zone_name_sql, time_zone_of
 from .timezones import local_to_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,35 @@ def list_statement(user_id, query: ListQuery, dialect, cursors):
     return statement
 
 
+def is_plain(query: ListQuery) -> bool:
+    """A first page with no filter but the status: the frontend's list, served by a statement built once."""
+    return not query.cursor and all(
+        value is None or value == []
+        for value in (
+            query.priority,
+            query.category,
+            query.tags,
+            query.q,
+            query.due_before,
+            query.due_after,
+            query.overdue,
+            query.reminder_due,
+        )
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def plain_list_statement(status: str, sort_by: str, descending: bool, guard=None):
+    """The SELECT of a plain list (`is_plain`), under the session's `guard` if given: its parameters are
+    `owner_id`, `page_limit` (one more than the page) and the guard's. Built once per shape (30 at most)."""
+    statement = select(task).where(task.c.user_id == bindparam("owner_id"))
+    if status != "all":
+        statement = statement.where(task.c.completed.is_(status == "completed"))
+    if guard is not None:
+        statement = statement.where(guard)
+    return statement.order_by(*order_by(sort_by, descending)).limit(bindparam("page_limit"))
+
+
 def page_size(query: ListQuery) -> int:
     return query.limit or CEILING
 
@@ -252,21 +282,31 @@ class SearchTooSlow(ServiceUnavailable):
     description = "The search took too long; try a more specific keyword"
 
 
-def find_tasks(db, user_id, query: ListQuery, cursors, search_timeout_ms=0):
+def find_tasks(db, user_id, query: ListQuery, cursors, search_timeout_ms=0, session: SessionCheck | None = None):
     """The rows of one page, and one more when more follow.
 
     On Postgres a search runs in a transaction of its own that holds the search
     word in a setting (`SEARCH_SETTING`); its SELECT is bounded by
     `search_timeout_ms` (0: the database's default statement timeout), and a
-    cancelled search is `SearchTooSlow`.
+    cancelled search is `SearchTooSlow`. Under `session`, the SELECT checks
+    the caller's session too (no rows when it is dead).
     """
+    params = {"owner_id": user_id} if session is None else {"owner_id": user_id, "digest": session.digest}
+    if is_plain(query):
+        guard = None if session is None else session.guard
+        statement = plain_list_statement(query.status, query.sort_by, query.descending, guard)
+        return db.execute(statement, {**params, "page_limit": page_size(query) + 1}).all()
     statement = list_statement(user_id, placed_in_zone(db, user_id, query), db.dialect.name, cursors)
+    if session is None:
+        params = {}
+    else:
+        statement = statement.where(session.guard)
     if not query.q or db.dialect.name != "postgresql":
-        return db.execute(statement).all()
+        return db.execute(statement, params).all()
     options = {"statement_timeout_ms": search_timeout_ms} if search_timeout_ms else {}
     try:
         with transaction(db, setting=(SEARCH_SETTING, LITERAL_REGEX + query.q)):
-            return db.execute(statement, execution_options=options).all()
+            return db.execute(statement, params, execution_options=options).all()
     except OperationalError as error:
         if not isinstance(error.orig, QueryCanceled):
             raise

@@ -14,8 +14,9 @@ from flask import Flask, current_app
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
-    from sqlalchemy.sql import Select
+    from sqlalchemy.sql import ColumnElement, Select
 
+    from .auth import KnownSessions
     from .listing import Cursors
 
 _EXTENSION = "todo_api"
@@ -26,6 +27,8 @@ class AppState:
     engine: Engine  # DATABASE_URL's pool
     session_lookup: Select  # the SELECT that turns a token's digest into a user id (see `auth`)
     cursors: Cursors  # signs and checks page cursors (see `listing`)
+    session_guard: ColumnElement  # the session check folded into the task routes' statements (see `auth`)
+    known_sessions: KnownSessions  # token digest to user id, of sessions the database confirmed (see `auth`)
 
 
 def init_app(app: Flask, state: AppState) -> None:

@@ -24,12 +24,13 @@ zone there; statements that need no zone never read it.
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from marshmallow import ValidationError
-from sqlalchemy import DateTime, bindparam, delete, func, insert, not_, or_, select, update
+from sqlalchemy import DateTime, and_, bindparam, case, delete, false, func, insert, not_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import ColumnElement, Executable
@@ -46,6 +47,31 @@ Values = dict[str, Any]
 """Column name to value."""
 Written = tuple[Row, Row | None]
 """A task as written, and the next occurrence that completing it created, if any."""
+
+
+@dataclass(frozen=True)
+class SessionCheck:
+    """The caller's session, checked by each statement that touches their tasks, in its own WHERE clause.
+
+    `guard` is `auth.session_guard` (it binds `digest` and `owner_id`); a
+    statement under it finds no row when the session is dead, exactly as for a
+    missing task, and the route then tells the two apart (`auth.confirm_session`).
+    """
+
+    guard: ColumnElement
+    digest: bytes
+
+
+@functools.cache
+def _guarded(statement, guard):
+    return statement.where(guard)
+
+
+def checked(statement, params: Values, session: SessionCheck | None):
+    """The statement and its parameters, under the session's check when there is one."""
+    if session is None:
+        return statement, params
+    return _guarded(statement, session.guard), {**params, "digest": session.digest}
 
 
 class NoSuchTask(NotFound):
@@ -134,22 +160,19 @@ _INSERT = insert(task).returning(*task.c)
 # A create with a wall-clock due date or reminder: their instants are computed in the
 # statement, in the owner's zone. `given_*` carry either an instant or a wall-clock time.
 _OWNER_TIME_ZONE = time_zone_name_sql(bindparam("owner_id"))
-_INSERT_ON_THE_WALL_CLOCK = (
-    insert(task)
-    .values(
-        due_date=func.coalesce(
-            bindparam("given_due_date", type_=DateTime),
-            local_to_utc_sql(_OWNER_TIME_ZONE, bindparam("given_due_local", type_=DateTime)),
-        ),
-        due_local=bindparam("given_due_local", type_=DateTime),
-        remind_at=func.coalesce(
-            bindparam("given_remind_at", type_=DateTime),
-            local_to_utc_sql(_OWNER_TIME_ZONE, bindparam("given_remind_local", type_=DateTime)),
-        ),
-        remind_local=bindparam("given_remind_local", type_=DateTime),
-    )
-    .returning(*task.c)
-)
+_ON_THE_WALL_CLOCK = {
+    "due_date": func.coalesce(
+        bindparam("given_due_date", type_=DateTime),
+        local_to_utc_sql(_OWNER_TIME_ZONE, bindparam("given_due_local", type_=DateTime)),
+    ),
+    "due_local": bindparam("given_due_local", type_=DateTime),
+    "remind_at": func.coalesce(
+        bindparam("given_remind_at", type_=DateTime),
+        local_to_utc_sql(_OWNER_TIME_ZONE, bindparam("given_remind_local", type_=DateTime)),
+    ),
+    "remind_local": bindparam("given_remind_local", type_=DateTime),
+}
+_INSERT_ON_THE_WALL_CLOCK = insert(task).values(_ON_THE_WALL_CLOCK).returning(*task.c)
 _GIVEN = {name: f"given_{name}" for name in ("due_date", "due_local", "remind_at", "remind_local")}
 _SELECT = _owned(select(task))
 _SELECT_FOR_UPDATE = _SELECT.with_for_update()
@@ -165,6 +188,15 @@ _TOGGLE_UNLESS_RECURRING = (
 
 
 @functools.cache
+def _insert_checked(guard, on_the_wall_clock: bool):
+    """INSERT ... SELECT: the task is inserted only when `guard` (the caller's session) holds."""
+    columns = [column for column in task.c if column.name != "id"]
+    given = _ON_THE_WALL_CLOCK if on_the_wall_clock else {}
+    values = [given.get(column.name, bindparam(column.name, type_=column.type)) for column in columns]
+    return insert(task).from_select(columns, select(*values).where(guard)).returning(*task.c)
+
+
+@functools.cache
 def _update(fields: frozenset[str]):
     """UPDATE one task: the `fields` (bound by their names) and its next version; returns the row."""
     values = {name: bindparam(name, type_=task.c[name].type) for name in fields}
@@ -174,6 +206,29 @@ def _update(fields: frozenset[str]):
 @functools.cache
 def _update_unless_recurring(fields: frozenset[str]):
     return _update(fields).where(_NOT_RECURRING)
+
+
+def _after(fields: frozenset[str], name: str) -> ColumnElement:
+    """SQL: a column's value after an update of `fields`: the bound value if it changes, else the stored one."""
+    return bindparam(name, type_=task.c[name].type) if name in fields else task.c[name]
+
+
+@functools.cache
+def _update_moving_the_reminder(fields: frozenset[str], recurrence_sent: bool):
+    """UPDATE one task's `fields`, a due date or reminder among them, in one statement: `reminder_sent` clears
+    in SQL when the reminder moves (`reminder_moved`'s rule). Unless the recurrence is sent (as null, so the task
+    ends up not recurring), a recurring task finds no row and takes the transaction."""
+    remind_at, due_date = _after(fields, "remind_at"), _after(fields, "due_date")
+    moves = []
+    if "remind_at" in fields:
+        moves.append(remind_at.is_distinct_from(task.c.remind_at))
+    if "due_date" in fields:
+        moves.append(and_(remind_at.is_(None), due_date.is_distinct_from(task.c.due_date)))
+    sent = case((or_(*moves), false()), else_=task.c.reminder_sent)
+    values = {name: bindparam(name, type_=task.c[name].type) for name in fields}
+    statement = _owned(update(task)).values({**values, "reminder_sent": sent, "updated_at": _NEXT_VERSION})
+    statement = statement.returning(*task.c)
+    return statement if recurrence_sent else statement.where(_NOT_RECURRING)
 
 
 @functools.cache
@@ -187,19 +242,28 @@ COMPLETED = frozenset({"completed"})
 REMINDER_SENT = frozenset({"reminder_sent"})
 # Fields whose change needs no look at the stored task when it does not recur: one statement.
 SINGLE_STATEMENT_FIELDS = frozenset({"title", "description", "priority", "category", "tags", "completed"})
+# Schedule fields that one statement can change too, when the task stays non-recurring and no value needs the
+# user's zone (see `_single_statement_update`).
+SCHEDULE_FIELDS = frozenset({"due_date", "due_all_day", "due_local", "remind_at", "remind_local", "recurrence_pattern"})
 
 
 # -- Reading and writing one task -------------------------------------------------
 
 
 def owned_row(
-    db: Connection, statement: Executable, user_id: str, task_id: int, params: Values | None = None
+    db: Connection,
+    statement: Executable,
+    user_id: str,
+    task_id: int,
+    params: Values | None = None,
+    session: SessionCheck | None = None,
 ) -> Row | None:
     """The row that `statement`, which filters by task and owner (`_owned`), returns for this task of this
     user; None when there is none for them (an id beyond SERIAL's range is not even looked up)."""
     if not 0 < task_id <= MAX_TASK_ID:
         return None
-    return db.execute(statement, {"task_key": task_id, "owner_id": user_id, **(params or {})}).first()
+    params = {"task_key": task_id, "owner_id": user_id, **(params or {})}
+    return db.execute(*checked(statement, params, session)).first()
 
 
 def _found(row: Row | None) -> Row:
@@ -216,6 +280,7 @@ def write_task(
     statement: Executable | None,
     params: Values,
     changes_for: Callable[[Row], Values] | None = None,
+    session: SessionCheck | None = None,
 ) -> Written:
     """Write one of the caller's tasks: a single statement when it can, else a transaction.
 
@@ -225,23 +290,28 @@ def write_task(
     transaction (a recurring one); when no tag can match, it is not even sent.
     Then, given `changes_for(current row) -> changes`, the transaction
     (`_write_locked`) decides; a write without one answers 412 if the task
-    exists, else 404.
+    exists, else 404. Under `session`, every statement checks the caller's session too.
     """
     if statement is not None and (versions is None or versions):
         if versions is not None:
             statement, params = _only_at_versions(statement), {**params, "versions": list(versions)}
-        row = owned_row(db, statement, user_id, task_id, params)
+        row = owned_row(db, statement, user_id, task_id, params, session)
         if row is not None:
             return row, None
     if changes_for is not None:
-        return _write_locked(db, user_id, task_id, versions, changes_for)
-    if versions is not None and owned_row(db, _SELECT, user_id, task_id) is not None:
+        return _write_locked(db, user_id, task_id, versions, changes_for, session)
+    if versions is not None and owned_row(db, _SELECT, user_id, task_id, session=session) is not None:
         raise StaleTask()
     raise NoSuchTask()
 
 
 def _write_locked(
-    db: Connection, user_id: str, task_id: int, versions: Versions, changes_for: Callable[[Row], Values]
+    db: Connection,
+    user_id: str,
+    task_id: int,
+    versions: Versions,
+    changes_for: Callable[[Row], Values],
+    session: SessionCheck | None = None,
 ) -> Written:
     """Change a task in one transaction, with its row locked and seen first.
 
@@ -251,7 +321,7 @@ def _write_locked(
     completed, creates its next occurrence.
     """
     with transaction(db):
-        current = _found(owned_row(db, _SELECT_FOR_UPDATE, user_id, task_id))
+        current = _found(owned_row(db, _SELECT_FOR_UPDATE, user_id, task_id, session=session))
         if versions is not None and current.updated_at not in versions:
             raise StaleTask()
         # Read after the row is locked, and only when needed: a zone change that
@@ -296,8 +366,12 @@ def on_the_wall_clock(changes: Values, time_zone: Callable[[], ZoneInfo]) -> Val
 # -- The operations the routes call -----------------------------------------------
 
 
-def create_task(db: Connection, user_id: str, fields: Values, now: datetime | None = None) -> Row:
-    """Insert a task; `now` (naive UTC) is its creation time and first version, by default the clock's."""
+def create_task(
+    db: Connection, user_id: str, fields: Values, now: datetime | None = None, session: SessionCheck | None = None
+) -> Row:
+    """Insert a task; `now` (naive UTC) is its creation time and first version, by default the clock's.
+
+    Under `session`, the task is inserted only if the session is live: None when it is not."""
     now = now or utcnow()
     values = {
         "description": None,
@@ -317,26 +391,56 @@ def create_task(db: Connection, user_id: str, fields: Values, now: datetime | No
         "created_at": now,
         "updated_at": now,
     }
-    if values["due_local"] is None and values["remind_local"] is None:
-        return db.execute(_INSERT, values).one()
-    given = {_GIVEN.get(name, name): value for name, value in values.items()}
-    return db.execute(_INSERT_ON_THE_WALL_CLOCK, {**given, "owner_id": user_id}).one()
+    on_the_wall_clock = values["due_local"] is not None or values["remind_local"] is not None
+    if on_the_wall_clock:
+        values = {**{_GIVEN.get(name, name): value for name, value in values.items()}, "owner_id": user_id}
+    if session is not None:
+        statement = _insert_checked(session.guard, on_the_wall_clock)
+        return db.execute(statement, {**values, "owner_id": user_id, "digest": session.digest}).first()
+    return db.execute(_INSERT_ON_THE_WALL_CLOCK if on_the_wall_clock else _INSERT, values).one()
 
 
-def get_task(db: Connection, user_id: str, task_id: int) -> Row:
-    return _found(owned_row(db, _SELECT, user_id, task_id))
+def get_task(db: Connection, user_id: str, task_id: int, session: SessionCheck | None = None) -> Row:
+    return _found(owned_row(db, _SELECT, user_id, task_id, session=session))
 
 
-def update_task(db: Connection, user_id: str, task_id: int, changes: Values, versions: Versions = None) -> Written:
+def update_task(
+    db: Connection,
+    user_id: str,
+    task_id: int,
+    changes: Values,
+    versions: Versions = None,
+    session: SessionCheck | None = None,
+) -> Written:
     """Apply a partial update (only the fields sent change)."""
-    single = changes and changes.keys() <= SINGLE_STATEMENT_FIELDS
-    statement = _update_unless_recurring(frozenset(changes)) if single else None
-    return write_task(db, user_id, task_id, versions, statement, {**changes, "now": utcnow()}, lambda _: changes)
+    statement = _single_statement_update(changes)
+    params = {**changes, "now": utcnow()}
+    return write_task(db, user_id, task_id, versions, statement, params, lambda _: changes, session)
 
 
-def toggle_task(db: Connection, user_id: str, task_id: int, versions: Versions = None) -> Written:
+def _single_statement_update(changes: Values) -> Executable | None:
+    """The one statement that applies `changes` when the task is or ends up non-recurring; None when the change
+    needs the transaction (a recurrence set, a wall-clock value to place in the user's zone).
+
+    The frontend's edit form sends every field, `due_date: null, recurrence_pattern: null` included: one
+    statement. Its task may well recur (the form turns recurrence off); nothing then needs the stored row.
+    """
+    if not changes or not changes.keys() <= SINGLE_STATEMENT_FIELDS | SCHEDULE_FIELDS:
+        return None
+    if any(changes.get(name) is not None for name in ("recurrence_pattern", "due_local", "remind_local")):
+        return None
+    fields = frozenset(changes)
+    if fields.isdisjoint(("due_date", "remind_at")):
+        return _update(fields) if "recurrence_pattern" in fields else _update_unless_recurring(fields)
+    return _update_moving_the_reminder(fields, "recurrence_pattern" in fields)
+
+
+def toggle_task(
+    db: Connection, user_id: str, task_id: int, versions: Versions = None, session: SessionCheck | None = None
+) -> Written:
     """Flip `completed`."""
-    return write_task(db, user_id, task_id, versions, _TOGGLE_UNLESS_RECURRING, {"now": utcnow()}, _toggled)
+    params = {"now": utcnow()}
+    return write_task(db, user_id, task_id, versions, _TOGGLE_UNLESS_RECURRING, params, _toggled, session)
 
 
 def _toggled(current: Row) -> Values:
@@ -344,13 +448,18 @@ def _toggled(current: Row) -> Values:
 
 
 def set_task_completed(
-    db: Connection, user_id: str, task_id: int, completed: bool, versions: Versions = None
+    db: Connection,
+    user_id: str,
+    task_id: int,
+    completed: bool,
+    versions: Versions = None,
+    session: SessionCheck | None = None,
 ) -> Written:
     """Set `completed`, so a retried request cannot flip it back."""
     # Only completing creates an occurrence: marking a recurring task not done is one statement too.
     statement = _update_unless_recurring(COMPLETED) if completed else _update(COMPLETED)
     params = {"completed": completed, "now": utcnow()}
-    return write_task(db, user_id, task_id, versions, statement, params, lambda _: {"completed": completed})
+    return write_task(db, user_id, task_id, versions, statement, params, lambda _: {"completed": completed}, session)
 
 
 def mark_reminder_sent(db: Connection, user_id: str, task_id: int, versions: Versions = None) -> Row:
@@ -358,5 +467,7 @@ def mark_reminder_sent(db: Connection, user_id: str, task_id: int, versions: Ver
     return write_task(db, user_id, task_id, versions, _update(REMINDER_SENT), params)[0]
 
 
-def delete_task(db: Connection, user_id: str, task_id: int, versions: Versions = None) -> None:
-    write_task(db, user_id, task_id, versions, _DELETE, {})
+def delete_task(
+    db: Connection, user_id: str, task_id: int, versions: Versions = None, session: SessionCheck | None = None
+) -> None:
+    write_task(db, user_id, task_id, versions, _DELETE, {}, session=session)

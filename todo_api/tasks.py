@@ -5,14 +5,18 @@ honour If-Match (see `conditional`), and creates honour Idempotency-Key (see
 `idempotency`).
 """
 
+import functools
+
 import orjson
 from flask import Blueprint, Response, current_app, g, request
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
 
 from . import idempotency, listing, task_store
 from .apidoc import operation, request_body, response
-from .auth import authenticate
+from .auth import authenticate, confirm_session
 from .conditional import etag, etag_of, if_match_versions, not_modified
-from .database import get_db
+from .database import get_db, on_live_connection
 from .json_provider import OPTIONS as JSON_OPTIONS
 from .ratelimit import limit_user
 from .schemas import (
@@ -29,7 +33,7 @@ from .schemas import (
     task_output,
     task_update_schema,
 )
-from .state import get_cursors
+from .state import app_state, get_cursors
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
 
@@ -46,11 +50,40 @@ CHANGED_TASK = response(
 )
 
 
+# The routes whose statements check the session themselves (see `auth`): one round trip per request.
+SESSION_IN_STATEMENT = frozenset(
+    f"tasks.{name}" for name in ("list_tasks", "get_task", "create_task", "update_task", "delete_task", "complete_task")
+)
+
+
 @bp.before_request
 def require_session():
     if request.method != "OPTIONS":  # CORS preflights carry no credentials
-        authenticate()
+        authenticate(deferred=request.endpoint in SESSION_IN_STATEMENT)
         limit_user()  # after authentication: the per-user limit is keyed by the user
+
+
+def session_in_statement(view):
+    """A route of `SESSION_IN_STATEMENT`: its statements check the caller's session (`caller_session`).
+
+    Whatever else it answers (404, 412, 422, 400, 415) is answered only once the
+    session is known to be live: a dead one is 401, whatever the request holds.
+    """
+
+    @functools.wraps(view)
+    def checked(**kwargs):
+        try:
+            return view(**kwargs)
+        except (HTTPException, ValidationError):
+            confirm_session()
+            raise
+
+    return checked
+
+
+def caller_session():
+    """The caller's session, for the statements to check (see `task_store.SessionCheck`)."""
+    return task_store.SessionCheck(app_state().session_guard, g.session_digest)
 
 
 def json_body(schema):
@@ -62,10 +95,15 @@ def has_body():
     return bool(request.content_length) or request.headers.get("Transfer-Encoding") == "chunked"
 
 
-def list_page(query: ListQuery):
-    """One page of the caller's tasks, at most RESPONSE_MAX_BYTES long (see `listing.page_body`)."""
+def list_page(query: ListQuery, session: task_store.SessionCheck | None = None):
+    """One page of the caller's tasks, at most RESPONSE_MAX_BYTES long (see `listing.page_body`).
+
+    Under `session`, an empty page is answered only once the session is known to be live."""
     config, cursors = current_app.config, get_cursors()
-    rows = listing.find_tasks(get_db(), g.user_id, query, cursors, config["SEARCH_STATEMENT_TIMEOUT_MS"])
+    timeout = config["SEARCH_STATEMENT_TIMEOUT_MS"]
+    rows = on_live_connection(lambda db: listing.find_tasks(db, g.user_id, query, cursors, timeout, session))
+    if not rows and session is not None:
+        confirm_session()
     body = listing.page_body(rows, query, cursors, serialized_task, config["RESPONSE_MAX_BYTES"])
     return Response(body, mimetype="application/json")
 
@@ -101,8 +139,9 @@ def created_under_key(created: idempotency.Created):
 
 @bp.get("/tasks")
 @operation("List tasks", description=LIST_DESCRIPTION, query=list_query_schema, response=TASK_LIST)
+@session_in_statement
 def list_tasks():
-    return list_page(list_query_schema.load(request.args))
+    return list_page(list_query_schema.load(request.args), caller_session())
 
 
 @bp.get("/tasks/filter-sort")
@@ -139,18 +178,27 @@ def search_tasks():
     etag=True,
     idempotent=True,
 )
+@session_in_statement
 def create_task():
     fields = json_body(task_create_schema)
     key = idempotency.request_key()
     if key is None:
-        return one_task(task_store.create_task(get_db(), g.user_id, fields))
+        session = caller_session()
+        row = on_live_connection(lambda db: task_store.create_task(db, g.user_id, fields, session=session), True)
+        if row is None:  # the session is dead, or died just now
+            confirm_session()
+            row = task_store.create_task(get_db(), g.user_id, fields)
+        return one_task(row)
+    confirm_session()
     return created_under_key(idempotency.create_task_once(get_db(), g.user_id, key, fields, created_body))
 
 
 @bp.get("/tasks/<int(signed=True):task_id>")
 @operation("Get a task", response=TASK, etag=True, conditional=True, errors=[404])
+@session_in_statement
 def get_task(task_id):
-    row = task_store.get_task(get_db(), g.user_id, task_id)
+    session = caller_session()
+    row = on_live_connection(lambda db: task_store.get_task(db, g.user_id, task_id, session))
     if not_modified(row):
         return "", 304, {"ETag": etag(row)}
     return one_task(row)
@@ -166,15 +214,21 @@ def get_task(task_id):
     conditional=True,
     errors=[404],
 )
+@session_in_statement
 def update_task(task_id):
     changes = json_body(task_update_schema)
-    return task_and_next(*task_store.update_task(get_db(), g.user_id, task_id, changes, if_match_versions(task_id)))
+    versions, session = if_match_versions(task_id), caller_session()
+    return task_and_next(
+        *on_live_connection(lambda db: task_store.update_task(db, g.user_id, task_id, changes, versions, session), True)
+    )
 
 
 @bp.delete("/tasks/<int(signed=True):task_id>")
 @operation("Delete a task", response=response("Deleted.", DeletedEnvelopeSchema), conditional=True, errors=[404])
+@session_in_statement
 def delete_task(task_id):
-    task_store.delete_task(get_db(), g.user_id, task_id, if_match_versions(task_id))
+    versions, session = if_match_versions(task_id), caller_session()
+    on_live_connection(lambda db: task_store.delete_task(db, g.user_id, task_id, versions, session), writes=True)
     return {"data": {"ok": True}}
 
 
@@ -189,13 +243,18 @@ def delete_task(task_id):
     conditional=True,
     errors=[404],
 )
+@session_in_statement
 def complete_task(task_id):
     """No body toggles; `{"completed": bool}` sets, so a retry cannot flip it back."""
-    versions = if_match_versions(task_id)
+    versions, session = if_match_versions(task_id), caller_session()
     if has_body():
         completed = json_body(completion_schema)["completed"]
-        return task_and_next(*task_store.set_task_completed(get_db(), g.user_id, task_id, completed, versions))
-    return task_and_next(*task_store.toggle_task(get_db(), g.user_id, task_id, versions))
+        written = on_live_connection(
+            lambda db: task_store.set_task_completed(db, g.user_id, task_id, completed, versions, session), True
+        )
+    else:
+        written = on_live_connection(lambda db: task_store.toggle_task(db, g.user_id, task_id, versions, session), True)
+    return task_and_next(*written)
 
 
 @bp.patch("/tasks/<int(signed=True):task_id>/mark-reminder-sent")

@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from todo_api.config import from_environment
 from todo_api.database import get_engine
+from todo_api.ratelimit import get_in_flight
 
 LIMIT = 3
 
@@ -124,19 +125,19 @@ def test_requests_that_fail_give_their_place_back(app, client, auth, create_task
         response = client.open(path, method=method, json=body, headers={**auth, **headers})
         assert (method, path, response.status_code) == (method, path, status)
     assert client.get("/api/tasks", headers=auth).status_code == 200
-    assert app.extensions["todo_api.in_flight"].counts == {}
+    assert get_in_flight(app).counts == {}
 
 
 def test_unauthenticated_requests_count_against_no_one(app, client, auth):
     for _ in range(LIMIT + 1):
         assert client.get("/api/tasks").status_code == 401
     assert client.get("/api/tasks", headers=auth).status_code == 200
-    assert app.extensions["todo_api.in_flight"].counts == {}
+    assert get_in_flight(app).counts == {}
 
 
 def test_the_bound_is_off_at_zero_or_with_rate_limits_off(make_app):
-    assert make_app(RATELIMIT_CONCURRENT_PER_USER=0).extensions["todo_api.in_flight"] is None
-    assert make_app(RATELIMIT_ENABLED=False).extensions["todo_api.in_flight"] is None
+    assert get_in_flight(make_app(RATELIMIT_CONCURRENT_PER_USER=0)) is None
+    assert get_in_flight(make_app(RATELIMIT_ENABLED=False)) is None
 
 
 def test_the_bound_defaults_to_three_and_is_read_from_the_environment(monkeypatch):

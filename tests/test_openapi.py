@@ -5,7 +5,14 @@ import re
 import pytest
 
 from todo_api import apidoc, tasks
-from todo_api.openapi import AUTOMATIC_METHODS, DOCS_ENDPOINTS, SWAGGER_UI_DIR, build_document, openapi_path
+from todo_api.openapi import (
+    AUTOMATIC_METHODS,
+    DOCS_ENDPOINTS,
+    DOCUMENT,
+    SWAGGER_UI_DIR,
+    build_document,
+    openapi_path,
+)
 
 pytestmark = pytest.mark.backends("sqlite")  # nothing here depends on the database
 
@@ -78,9 +85,9 @@ def test_document_is_openapi_3_1_without_a_session(client, document):
 
 def test_document_is_built_once(app, client):
     first = client.get("/openapi.json").data
-    built = app.extensions["todo_api.openapi"]
+    built = app.extensions[DOCUMENT]
     assert client.get("/openapi.json").data == first
-    assert app.extensions["todo_api.openapi"] is built
+    assert app.extensions[DOCUMENT] is built
 
 
 def test_operation_ids_are_unique(document):

@@ -275,14 +275,17 @@ def build_document(app):
 _build_lock = threading.Lock()
 
 
-def document_bytes():
+DOCUMENT = "todo_api.openapi"
+
+
+def document_bytes(app=None):
     """The document as JSON, built on first use and then kept for the app's life."""
-    extensions = current_app.extensions
-    if "todo_api.openapi" not in extensions:
+    app = app or current_app
+    if DOCUMENT not in app.extensions:
         with _build_lock:
-            if "todo_api.openapi" not in extensions:
-                extensions["todo_api.openapi"] = orjson.dumps(build_document(current_app))
-    return extensions["todo_api.openapi"]
+            if DOCUMENT not in app.extensions:
+                app.extensions[DOCUMENT] = orjson.dumps(build_document(app))
+    return app.extensions[DOCUMENT]
 
 
 # -- Routes ---------------------------------------------------------------------

@@ -323,11 +323,25 @@ def exceeded(limit):
     return RateLimitExceeded(limit.message, retry_after=max(1, math.ceil(g.rate_limit.reset - time.time())))
 
 
+RATE_LIMITS = "todo_api.rate_limits"
+IN_FLIGHT = "todo_api.in_flight"
+
+
+def get_rate_limits(app=None):
+    """The app's rate-limit counters (None when rate limits are off)."""
+    return (app or current_app).extensions[RATE_LIMITS]
+
+
+def get_in_flight(app=None):
+    """The app's bound on one user's requests in progress (None when it is off)."""
+    return (app or current_app).extensions[IN_FLIGHT]
+
+
 def count_request():
     """before_request: count the address (and the docs limit), or, on /api, leave it for `limit_user()`."""
     if is_exempt():
         return
-    limits = current_app.extensions["todo_api.rate_limits"]
+    limits = get_rate_limits()
     address = address_key()
     if request.path.startswith(USER_LIMITED_PREFIX):
         limits.refuse_if_blocked(address)
@@ -349,7 +363,7 @@ def limit_user():
     request stays counted among the user's requests in progress until its
     teardown, whatever happens to it.
     """
-    limits = current_app.extensions["todo_api.rate_limits"]
+    limits = get_rate_limits()
     if limits is not None:
         address = g.pop("rate_limit_address", None)
         counted = [(user_key(), limits.per_user)]
@@ -358,7 +372,7 @@ def limit_user():
         breached = limits.count(counted)
         if breached is not None:
             raise exceeded(breached)
-    in_flight = current_app.extensions["todo_api.in_flight"]
+    in_flight = get_in_flight()
     if in_flight is not None:
         if not in_flight.enter(g.user_id):
             raise TooManyInFlight(in_flight.limit)
@@ -371,7 +385,7 @@ def rate_limit_headers(response):
     The limit shown is the per-user one on /api routes once the caller is
     known, the per-address one otherwise, and the one exceeded on a 429.
     """
-    limits = current_app.extensions["todo_api.rate_limits"]
+    limits = get_rate_limits()
     address = g.pop("rate_limit_address", None)
     if address is not None:
         limits.count([(address, limits.per_ip)])  # too late to refuse: the next request is, before authentication
@@ -416,7 +430,7 @@ class TooManyInFlight(TooManyRequests):
 def leave_in_flight(_exc=None):
     user_id = g.pop("in_flight_user", None)
     if user_id is not None:
-        current_app.extensions["todo_api.in_flight"].leave(user_id)
+        get_in_flight().leave(user_id)
 
 
 def init_app(app):
@@ -425,13 +439,13 @@ def init_app(app):
         # Only the address: the last N entries of X-Forwarded-For were written by our proxies;
         # anything before them came from the client and is not trusted.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config["TRUSTED_PROXY_HOPS"], x_proto=0, x_host=0, x_port=0)
-    app.extensions["todo_api.rate_limits"] = None
-    app.extensions["todo_api.in_flight"] = None
+    app.extensions[RATE_LIMITS] = None
+    app.extensions[IN_FLIGHT] = None
     if not config["RATELIMIT_ENABLED"]:
         return
     if config["RATELIMIT_CONCURRENT_PER_USER"]:
-        app.extensions["todo_api.in_flight"] = InFlight(config["RATELIMIT_CONCURRENT_PER_USER"])
+        app.extensions[IN_FLIGHT] = InFlight(config["RATELIMIT_CONCURRENT_PER_USER"])
         app.teardown_request(leave_in_flight)
-    app.extensions["todo_api.rate_limits"] = RateLimits(config)
+    app.extensions[RATE_LIMITS] = RateLimits(config)
     app.before_request(count_request)
     app.after_request(rate_limit_headers)

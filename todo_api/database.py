@@ -22,6 +22,7 @@ import orjson
 import psycopg2.extensions
 from flask import Flask, g
 from sqlalchemy import create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
@@ -192,6 +193,15 @@ def _rollback_open_transaction(dbapi_connection, _record):
 
 def json_dumps(value):
     return orjson.dumps(value).decode()
+
+
+# Each database's INSERT construct with ON CONFLICT (Postgres and SQLite spell the upsert alike).
+DIALECT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def per_dialect(build):
+    """`{dialect name: build(insert)}`: a statement that needs the dialect's INSERT, built once for each."""
+    return {name: build(insert) for name, insert in DIALECT_INSERTS.items()}
 
 
 def get_db() -> Connection:

@@ -23,11 +23,10 @@ import orjson
 from flask import request
 from marshmallow import ValidationError
 from sqlalchemy import bindparam, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from werkzeug.exceptions import UnprocessableEntity
 
-from .database import transaction
+from .database import per_dialect, transaction
 from .tables import MAX_IDEMPOTENCY_KEY_LENGTH, idempotency_key
 from .task_store import Values, create_task
 from .timezones import utcnow
@@ -83,7 +82,7 @@ def _this_key(statement):
     )
 
 
-_CLAIM = {"postgresql": _claim(postgresql.insert), "sqlite": _claim(sqlite.insert)}
+_CLAIM = per_dialect(_claim)
 _STORED = _this_key(
     select(
         idempotency_key.c.request_hash,

@@ -49,10 +49,9 @@ from zoneinfo import ZoneInfo
 
 import orjson
 from sqlalchemy import DateTime, and_, bindparam, delete, exists, not_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from .database import get_engine, transaction
+from .database import DIALECT_INSERTS, get_engine, transaction
 from .delivery import PushSender, signer_from_config
 from .tables import next_version, push_delivery, push_subscription, task, user_settings
 from .timezones import utc_to_local, utcnow
@@ -219,7 +218,7 @@ _RESCHEDULE = (
 @functools.cache
 def _new_deliveries(dialect):
     """Insert a delivery per (task, subscription), or renew the one left from an earlier reminder time."""
-    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect](push_delivery)
+    insert = DIALECT_INSERTS[dialect](push_delivery)
     return insert.on_conflict_do_update(
         index_elements=[push_delivery.c.task_id, push_delivery.c.subscription_id],
         set_={name: insert.excluded[name] for name in ("remind_at", "attempts", "next_attempt_at", "claim_token")},

@@ -7,10 +7,9 @@ pushes that user's reminders from then on.
 
 from flask import Blueprint, current_app, g
 from sqlalchemy import DateTime, bindparam, delete
-from sqlalchemy.dialects import postgresql, sqlite
 
 from .apidoc import operation, request_body, response
-from .database import get_db
+from .database import get_db, per_dialect
 from .schemas import SubscriptionEnvelopeSchema, UnsubscribedEnvelopeSchema, subscription_schemas, unsubscribe_schema
 from .tables import push_subscription
 from .tasks import has_body, json_body, require_session
@@ -38,7 +37,7 @@ def _upsert(insert):
     )
 
 
-_SUBSCRIBE = {"postgresql": _upsert(postgresql.insert), "sqlite": _upsert(sqlite.insert)}
+_SUBSCRIBE = per_dialect(_upsert)
 _UNSUBSCRIBE_ALL = delete(push_subscription).where(push_subscription.c.user_id == bindparam("user_id"))
 _UNSUBSCRIBE = _UNSUBSCRIBE_ALL.where(push_subscription.c.endpoint == bindparam("endpoint"))
 

@@ -31,12 +31,11 @@ from zoneinfo import ZoneInfo
 
 from marshmallow import ValidationError
 from sqlalchemy import DateTime, and_, bindparam, case, delete, false, func, insert, not_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import ColumnElement, Executable
 from werkzeug.exceptions import NotFound, PreconditionFailed
 
-from .database import transaction
+from .database import per_dialect, transaction
 from .recurrence import RECURRING_NEEDS_DUE_DATE, next_occurrence
 from .tables import MAX_TASK_ID, next_version, task, user_settings
 from .timezones import DEFAULT_TIME_ZONE, local_to_utc, utcnow, zone
@@ -121,7 +120,7 @@ def _store_time_zone(dialect_insert):
     )
 
 
-_STORE_TIME_ZONE = {"postgresql": _store_time_zone(postgresql.insert), "sqlite": _store_time_zone(sqlite.insert)}
+_STORE_TIME_ZONE = per_dialect(_store_time_zone)
 # Tasks on the wall clock keep their day and time in the new zone: their instants move.
 _FOLLOW_TIME_ZONE = (
     update(task)

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, func, insert, select, text
 from sqlalchemy.dialects import postgresql
 
 from support import base_config, free_port, user_id_of
-from support.private_postgres import PrivateCluster, missing_requirement
+from support.private_postgres import running_cluster
 from support.push_service import PushService, b64url_decode
 from todo_api import create_app
 from todo_api.cli import create_user_session
@@ -606,15 +606,8 @@ def test_a_failed_pass_is_logged_by_type_and_the_loop_goes_on(make_app, caplog):
 
 @pytest.fixture
 def private_cluster():
-    reason = missing_requirement()
-    if reason:
-        pytest.skip(f"the restart drill needs a private Postgres cluster: {reason}")
-    cluster = PrivateCluster()
-    try:
-        cluster.start()
+    with running_cluster("the restart drill needs") as cluster:
         yield cluster
-    finally:
-        cluster.remove()
 
 
 def wait_for(condition, seconds=20):

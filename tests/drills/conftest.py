@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from support import REPO, base_config
-from support.private_postgres import PrivateCluster, missing_requirement
+from support.private_postgres import running_cluster
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.database import get_engine, normalize_url
@@ -18,12 +18,7 @@ from todo_api.database import get_engine, normalize_url
 
 @pytest.fixture(scope="module")
 def cluster():
-    reason = missing_requirement()
-    if reason:
-        pytest.skip(f"failure drills need a private Postgres cluster: {reason}")
-    cluster = PrivateCluster()
-    try:
-        cluster.start()
+    with running_cluster("failure drills need") as cluster:
         subprocess.run(
             [sys.executable, "-m", "flask", "--app", "todo_api", "init-db", "--auth-tables"],
             cwd=REPO,
@@ -33,8 +28,6 @@ def cluster():
             timeout=60,
         )
         yield cluster
-    finally:
-        cluster.remove()
 
 
 @pytest.fixture(scope="module")

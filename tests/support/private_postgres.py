@@ -11,6 +11,9 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
+
+import pytest
 
 from support import free_port
 
@@ -77,3 +80,17 @@ class PrivateCluster:
         except subprocess.CalledProcessError:
             pass  # already stopped
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def running_cluster(needed_by):
+    """A started PrivateCluster, removed afterwards; the test is skipped where one cannot run."""
+    reason = missing_requirement()
+    if reason:
+        pytest.skip(f"{needed_by} a private Postgres cluster: {reason}")
+    cluster = PrivateCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()

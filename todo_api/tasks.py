@@ -50,21 +50,17 @@ CHANGED_TASK = response(
 )
 
 
-# The routes whose statements check the session themselves (see `auth`): one round trip per request.
-SESSION_IN_STATEMENT = frozenset(
-    f"tasks.{name}" for name in ("list_tasks", "get_task", "create_task", "update_task", "delete_task", "complete_task")
-)
-
-
 @bp.before_request
 def require_session():
     if request.method != "OPTIONS":  # CORS preflights carry no credentials
-        authenticate(deferred=request.endpoint in SESSION_IN_STATEMENT)
+        view = current_app.view_functions.get(request.endpoint)
+        authenticate(deferred=getattr(view, "session_in_statement", False))
         limit_user()  # after authentication: the per-user limit is keyed by the user
 
 
 def session_in_statement(view):
-    """A route of `SESSION_IN_STATEMENT`: its statements check the caller's session (`caller_session`).
+    """A route whose statements check the caller's session themselves (`caller_session`, see `auth`): one round
+    trip per request.
 
     Whatever else it answers (404, 412, 422, 400, 415) is answered only once the
     session is known to be live: a dead one is 401, whatever the request holds.
@@ -78,6 +74,7 @@ def session_in_statement(view):
             confirm_session()
             raise
 
+    checked.session_in_statement = True
     return checked
 
 

@@ -8,6 +8,9 @@ user has set no time zone here, as the frontend never calls /api/settings.
 """
 
 import json
+import os
+import shutil
+import subprocess
 from datetime import date
 from urllib.parse import urlencode
 
@@ -198,3 +201,44 @@ def test_filter_sort_without_sort_order_is_ascending(frontend):
     assert [task["title"] for task in listed] == ["late", "middle", "early", "none"]
     _, descending = filter_sort(frontend, sort_by="due_date", sort_order="desc")
     assert descending == listed
+
+
+# -- The model of `Date` against Node's own ---------------------------------------------------------------------
+
+NODE_DATES = """
+const lines = JSON.parse(process.argv[1]).map((text) => {
+  const instant = new Date(text);
+  const shown = [instant.getFullYear(), instant.getMonth() + 1, instant.getDate()];
+  return [shown.map((n) => String(n).padStart(2, "0")).join("-"), instant.toISOString().split("T")[0]];
+});
+console.log(JSON.stringify(lines));
+"""
+
+
+def node_dates(texts, browser_zone):
+    """[(shown date, prefilled date)] of each text, by Node's real `Date` in a process whose zone is `browser_zone`."""
+    done = subprocess.run(
+        [shutil.which("node"), "-e", NODE_DATES, json.dumps(texts)],
+        env={**os.environ, "TZ": browser_zone},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return [tuple(pair) for pair in json.loads(done.stdout)]
+
+
+@pytest.mark.node
+@pytest.mark.backends("sqlite")
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node")
+@pytest.mark.parametrize("browser_zone", BROWSER_ZONES)
+def test_the_model_of_date_reads_what_the_service_returns_as_node_does(client, auth, browser_zone):
+    """What the tests above compute with `support.jsdate`, checked against a real JavaScript engine, on the
+    due dates the service itself returns for each form the frontend and the API send."""
+    texts = []
+    for due_date in ["2026-01-30", "2026-01-30T10:00", "2026-12-31T23:30", "2026-01-30T10:00:00+05:30"]:
+        response = client.post("/api/tasks", json={"title": "t", "due_date": due_date}, headers=auth)
+        assert response.status_code == 200
+        texts.append(response.get_json()["data"]["due_date"])
+    modelled = [(shown_date(text, browser_zone).isoformat(), prefilled_date(text, browser_zone)) for text in texts]
+    assert node_dates(texts, browser_zone) == modelled

@@ -11,6 +11,7 @@ setting as the service sends it.
 import dataclasses
 import re
 from datetime import datetime
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -166,11 +167,8 @@ def test_sorting_by_updated_at_sorts_the_callers_rows(explain, sort_order):
     ("sort_by", "index"), [("created_at", "ix_task_user_created"), ("title", "ix_task_user_title")]
 )
 def test_a_deep_page_starts_inside_the_index(explain, sort_by, index):
-    class Row:
-        id = 20000
-        _mapping = {"created_at": __import__("datetime").datetime(2026, 1, 1), "title": "title 5"}
-
-    cursor = explain.cursors.dump(sort_by, True, Row())
+    row = SimpleNamespace(id=20000, created_at=datetime(2026, 1, 1), title="title 5")
+    cursor = explain.cursors.dump(sort_by, True, row)
     plan = explain(sort_by=sort_by, limit=50, cursor=cursor)
     assert_index_range_scan(plan, index)
     condition = plan.splitlines()[2]

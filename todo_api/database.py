@@ -12,10 +12,13 @@ found dead by the request's first statement, which runs again once on a fresh
 connection (`execute_retrying_once`). Schema changes are `migrate`'s.
 """
 
+import functools
 import os
 import select
+from collections import namedtuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -23,7 +26,7 @@ import psycopg2.extensions
 from flask import Flask, g
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
+from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
@@ -115,18 +118,22 @@ def statement_timeout_prefixer(default_ms):
     Postgres as one implicit transaction (or inside the explicit one in
     progress), so the setting lasts exactly as long as the statement's
     transaction and never reaches another client of a pooled server connection.
-    A statement may ask for its own bound with the execution option
-    `statement_timeout_ms`; 0 means none. Even 0 is sent: a pooled server
+    A statement (or a connection) may ask for its own bound with the execution
+    option `statement_timeout_ms`; 0 means none. Even 0 is sent: a pooled server
     connection may carry a timeout that another client set for its session.
     """
 
-    def prefix(_conn, _cursor, statement, parameters, context, _executemany):
-        timeout_ms = context.execution_options.get("statement_timeout_ms", default_ms) if context else default_ms
+    def prefix(connection, _cursor, statement, parameters, context, _executemany):
+        options = context.execution_options if context else connection.get_execution_options()
         if statement.startswith(TRANSACTION_CONTROL):
             return statement, parameters
-        return f"SET LOCAL statement_timeout = {int(timeout_ms)}; {statement}", parameters
+        return with_statement_timeout(statement, options.get("statement_timeout_ms", default_ms)), parameters
 
     return prefix
+
+
+def with_statement_timeout(statement: str, timeout_ms: int) -> str:
+    return f"SET LOCAL statement_timeout = {int(timeout_ms)}; {statement}"
 
 
 def _sqlite_engine(url):
@@ -202,6 +209,75 @@ DIALECT_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 def per_dialect(build):
     """`{dialect name: build(insert)}`: a statement that needs the dialect's INSERT, built once for each."""
     return {name: build(insert) for name, insert in DIALECT_INSERTS.items()}
+
+
+@dataclass(frozen=True)
+class DriverStatement:
+    """A statement as psycopg2 runs it: its SQL, the values of the literals it binds itself, the conversions of
+    the values it is given (JSON), and the type of its rows."""
+
+    sql: str
+    defaults: dict[str, Any]
+    conversions: dict[str, Callable[[Any], Any]]
+    row_type: type
+
+
+def row_type(names: list[str]) -> type:
+    """Rows of these columns, read like SQLAlchemy's: `row.title`, `row[0]`, `row._mapping`."""
+    base = namedtuple("DriverRow", names, rename=True)
+    return type("DriverRow", (base,), {"__slots__": (), "_mapping": property(base._asdict)})
+
+
+@functools.lru_cache(maxsize=512)
+def for_driver(statement: Executable, dialect: Dialect) -> DriverStatement | None:
+    """`statement` compiled once for psycopg2; None for one that SQLAlchemy must render per call (an expanding
+    IN, as If-Match's versions)."""
+    compiled = statement.compile(dialect=dialect)
+    if compiled.post_compile_params:
+        return None
+    binds = compiled.bind_names  # bound parameter -> its name in the SQL
+    defaults = {name: bind.effective_value for bind, name in binds.items() if not bind.required}
+    conversions = {
+        name: convert
+        for bind, name in binds.items()
+        if (convert := bind.type.dialect_impl(dialect).bind_processor(dialect))
+    }
+    names = [column.key for column in statement.exported_columns]
+    return DriverStatement(compiled.string, defaults, conversions, row_type(names))
+
+
+def fetch(db: Connection, statement: Executable, params: dict[str, Any]) -> list:
+    """The rows of a statement built once (a SELECT, or a write with RETURNING), run with `params`.
+
+    On Postgres it is compiled once (`for_driver`) and runs on psycopg2's cursor
+    itself: these are the hot routes' statements, for which SQLAlchemy's work
+    per execution cost more than the database round trip. Everything else stays
+    as SQLAlchemy does it: the engine's cursor events fire (the statement
+    timeout is added by one), rows read alike, errors are SQLAlchemy's, and a
+    connection that dropped is invalidated. Elsewhere (SQLite), SQLAlchemy runs it.
+    """
+    prepared = db.dialect.driver == "psycopg2" and for_driver(statement, db.dialect)
+    if not prepared:
+        return db.execute(statement, params).all()
+    values = {**prepared.defaults, **params}
+    for name, convert in prepared.conversions.items():
+        values[name] = convert(values[name])
+    sql, dbapi_connection = prepared.sql, db.connection.dbapi_connection
+    try:
+        with dbapi_connection.cursor() as cursor:
+            for hook in db.dispatch.before_cursor_execute:
+                sql, values = hook(db, cursor, sql, values, None, False)
+            cursor.execute(sql, values)
+            for hook in db.dispatch.after_cursor_execute:
+                hook(db, cursor, sql, values, None, False)
+            return list(map(prepared.row_type._make, cursor.fetchall()))
+    except psycopg2.Error as error:
+        dropped = db.dialect.is_disconnect(error, dbapi_connection, None)
+        if dropped:
+            db.invalidate(error)
+        raise DBAPIError.instance(
+            sql, None, error, psycopg2.Error, hide_parameters=True, connection_invalidated=dropped
+        ) from error
 
 
 def get_db() -> Connection:

@@ -41,7 +41,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import ServiceUnavailable
 
-from .database import transaction
+from .database import fetch, transaction
+from .json_provider import OPTIONS as JSON_OPTIONS
 from .schemas import ListQuery, WallClock, storable_text
 from .tables import MAX_TASK_ID, PRIORITIES, task
 from .task_store import SessionCheck, time_zone_name_sql, time_zone_of
@@ -190,7 +191,7 @@ class Cursors:
         self.serializer = URLSafeSerializer(secret, salt=CURSOR_SALT)
 
     def dump(self, sort_by, descending, row):
-        value = row.priority if sort_by == "priority" else row._mapping[sort_by]
+        value = getattr(row, sort_by)
         if isinstance(value, datetime):
             value = value.isoformat()
         return self.serializer.dumps([sort_by, descending, value, row.id])
@@ -295,7 +296,7 @@ def find_tasks(db, user_id, query: ListQuery, cursors, search_timeout_ms=0, sess
     if is_plain(query):
         guard = None if session is None else session.guard
         statement = plain_list_statement(query.status, query.sort_by, query.descending, guard)
-        return db.execute(statement, {**params, "page_limit": page_size(query) + 1}).all()
+        return fetch(db, statement, {**params, "page_limit": page_size(query) + 1})
     statement = list_statement(user_id, placed_in_zone(db, user_id, query), db.dialect.name, cursors)
     if session is None:
         params = {}
@@ -314,26 +315,37 @@ def find_tasks(db, user_id, query: ListQuery, cursors, search_timeout_ms=0, sess
         raise SearchTooSlow(retry_after=SEARCH_RETRY_AFTER_SECONDS) from None
 
 
-def page_body(rows, query: ListQuery, cursors, serialize, max_bytes):
+def page_body(rows, query: ListQuery, cursors, output, max_bytes):
     """The JSON body of one page: `{"data": [...]}`, and `next_cursor` when more tasks follow.
 
     The page ends after `limit` tasks (1,000 without one), or before the task
     that would take the body over `max_bytes`, whichever comes first; it always
     holds at least one task when there is one. Either way `next_cursor` goes on
-    from its last task. `serialize` turns a row into its JSON bytes.
+    from its last task. `output` turns a row into the task as shown.
     """
-    tasks, size = [], len(EMPTY_PAGE)
-    for row in rows[: page_size(query)]:
-        serialized = serialize(row)
-        grown = size + len(serialized) + (1 if tasks else 0)  # a comma between tasks
-        if tasks and grown > max_bytes:
+    page = rows[: page_size(query)]
+    body = {"data": [output(row) for row in page]}
+    if len(page) < len(rows):
+        body["next_cursor"] = cursors.dump(query.sort_by, query.descending, page[-1])
+    serialized = orjson.dumps(body, option=JSON_OPTIONS)
+    if len(serialized) <= max_bytes or len(page) <= 1:
+        return serialized
+    return _cut_page(
+        [orjson.dumps(task, option=JSON_OPTIONS) for task in body["data"]], page, query, cursors, max_bytes
+    )
+
+
+def _cut_page(tasks, page, query: ListQuery, cursors, max_bytes):
+    """A page of serialized `tasks` too long for `max_bytes`, cut before the first task that does not fit."""
+    size = len(EMPTY_PAGE) + len(tasks[0])
+    for count in range(1, len(tasks)):
+        grown = size + len(tasks[count]) + 1  # a comma between tasks
+        if grown > max_bytes:
+            del tasks[count:]
             break
-        tasks.append(serialized)
         size = grown
-    if len(tasks) == len(rows):
-        return EMPTY_PAGE[:-2] + b",".join(tasks) + b"]}"
     while True:  # the cursor must fit too: give back tasks until it does, keeping one
-        cursor = cursors.dump(query.sort_by, query.descending, rows[len(tasks) - 1])
+        cursor = cursors.dump(query.sort_by, query.descending, page[len(tasks) - 1])
         cursor_field = b',"next_cursor":' + orjson.dumps(cursor)
         if size + len(cursor_field) <= max_bytes or len(tasks) == 1:
             return EMPTY_PAGE[:-2] + b",".join(tasks) + b"]" + cursor_field + b"}"

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import ColumnElement, Executable
 from werkzeug.exceptions import NotFound, PreconditionFailed
 
-from .database import per_dialect, transaction
+from .database import fetch, per_dialect, transaction
 from .recurrence import RECURRING_NEEDS_DUE_DATE, next_occurrence
 from .tables import MAX_TASK_ID, next_version, task, user_settings
 from .timezones import DEFAULT_TIME_ZONE, local_to_utc, utcnow, zone
@@ -262,7 +262,8 @@ def owned_row(
     if not 0 < task_id <= MAX_TASK_ID:
         return None
     params = {"task_key": task_id, "owner_id": user_id, **(params or {})}
-    return db.execute(*checked(statement, params, session)).first()
+    rows = fetch(db, *checked(statement, params, session))
+    return rows[0] if rows else None
 
 
 def _found(row: Row | None) -> Row:
@@ -395,7 +396,8 @@ def create_task(
         values = {**{_GIVEN.get(name, name): value for name, value in values.items()}, "owner_id": user_id}
     if session is not None:
         statement = _insert_checked(session.guard, on_the_wall_clock)
-        return db.execute(statement, {**values, "owner_id": user_id, "digest": session.digest}).first()
+        rows = fetch(db, statement, {**values, "owner_id": user_id, "digest": session.digest})
+        return rows[0] if rows else None
     return db.execute(_INSERT_ON_THE_WALL_CLOCK if on_the_wall_clock else _INSERT, values).one()
 
 

@@ -7,7 +7,6 @@ honour If-Match (see `conditional`), and creates honour Idempotency-Key (see
 
 import functools
 
-import orjson
 from flask import Blueprint, Response, current_app, g, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -17,7 +16,6 @@ from .apidoc import operation, request_body, response
 from .auth import authenticate, confirm_session
 from .conditional import etag, etag_of, if_match_versions, not_modified
 from .database import get_db, on_live_connection
-from .json_provider import OPTIONS as JSON_OPTIONS
 from .ratelimit import limit_user
 from .schemas import (
     ChangedTaskEnvelopeSchema,
@@ -101,12 +99,8 @@ def list_page(query: ListQuery, session: task_store.SessionCheck | None = None):
     rows = on_live_connection(lambda db: listing.find_tasks(db, g.user_id, query, cursors, timeout, session))
     if not rows and session is not None:
         confirm_session()
-    body = listing.page_body(rows, query, cursors, serialized_task, config["RESPONSE_MAX_BYTES"])
+    body = listing.page_body(rows, query, cursors, task_output, config["RESPONSE_MAX_BYTES"])
     return Response(body, mimetype="application/json")
-
-
-def serialized_task(row):
-    return orjson.dumps(task_output(row), option=JSON_OPTIONS)
 
 
 def one_task(row):

@@ -8,6 +8,7 @@ are one user's data (errors included).
 """
 
 from flask import Request, request
+from flask.sessions import SessionInterface
 from werkzeug.exceptions import RequestEntityTooLarge
 
 
@@ -39,10 +40,25 @@ def is_api(path):
     return path.lstrip("/").split("/", 1)[0] == "api"
 
 
+class NoCookieSessions(SessionInterface):
+    """No Flask session: a request's identity is its Better Auth session (see `auth`), and no route stores
+    anything in a cookie. Flask's default would still sign and check a cookie on every request."""
+
+    def open_session(self, app, request):
+        return None  # Flask then uses a null session, which nothing writes to
+
+    def save_session(self, app, session, response):
+        pass
+
+
 def protective_headers(response):
     headers = response.headers
     headers["X-Content-Type-Options"] = "nosniff"
-    response.vary.add("Origin")
+    vary = headers.get("Vary")
+    if not vary:
+        headers["Vary"] = "Origin"
+    elif "origin" not in (name.strip().lower() for name in vary.split(",")):
+        headers["Vary"] = f"{vary}, Origin"
     if is_api(request.path):
         headers["Cache-Control"] = "no-store"
     return response
@@ -51,6 +67,7 @@ def protective_headers(response):
 def init_app(app):
     """Call before any route is added: a rule takes the URL map's settings when it is added."""
     app.request_class = BoundedRequest
+    app.session_interface = NoCookieSessions()
     # Werkzeug answers `/api//tasks` with a redirect to the merged path on the host the request named
     # (`Location: http://evil.example/api/tasks`). No URL here redirects: such a path is a 404.
     app.url_map.merge_slashes = False

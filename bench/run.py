@@ -602,6 +602,20 @@ def reset(server, scenario):
 # -- Load -------------------------------------------------------------------
 
 
+def cpu_seconds(pids):
+    """User and system CPU seconds the processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as file:
+            fields = file.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_backends():
+    return [pid for pid, _, _, _ in processes() if command_line(pid).startswith("postgres: ")]
+
+
 def run_wrk(wrk, server, scenario, args):
     command = [
         wrk,
@@ -621,11 +635,17 @@ def run_wrk(wrk, server, scenario, args):
         server.users_lua,
         server.client,
     ]
+    workers, backends = server.workers(), postgres_backends()
+    app_cpu, database_cpu = cpu_seconds(workers), cpu_seconds(backends)
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + 60)
+    app_cpu, database_cpu = cpu_seconds(workers) - app_cpu, cpu_seconds(backends) - database_cpu
     match = re.search(r"^WRK_RESULT (.*)$", done.stdout, re.MULTILINE)
     if done.returncode != 0 or not match:
         raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     result = {key: int(value) for key, value in (pair.split("=") for pair in match.group(1).split())}
+    # CPU time per request of the server's workers and of Postgres (backends that came and went are missed)
+    result["app_cpu_us"] = app_cpu / max(result["requests"], 1) * 1e6
+    result["database_cpu_us"] = database_cpu / max(result["requests"], 1) * 1e6
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["socket_errors"] = sum(result[key] for key in ("connect", "read", "write", "timeout"))
     return result
@@ -650,6 +670,7 @@ def run_line(scenario, server, repeat, repeats, result):
     return (
         f"{scenario:<7} {server:<10} run {repeat}/{repeats} {result['rps']:>9.1f} req/s"
         f"  p50 {result['p50_us'] / 1000:>6.1f} ms  p99 {result['p99_us'] / 1000:>6.1f} ms"
+        f"  CPU/request: app {result['app_cpu_us']:>5.0f} µs, Postgres {result['database_cpu_us']:>4.0f} µs"
         + (f"  {result['non2xx']} non-2xx, {result['socket_errors']} socket errors" if errors else "")
     )
 

@@ -23,11 +23,18 @@ MISSING_SECRET = (
 )
 
 
+class TodoApi(Flask):
+    def ensure_sync(self, func):
+        """Every view and hook of this app is a plain function: called as it is. (Flask's own version asks
+        `inspect` whether each one is a coroutine function, for every hook of every request.)"""
+        return func
+
+
 def create_app(test_config=None):
     """Build the app. `test_config` replaces settings read from the environment."""
     # Only the working directory's .env: never one found in a parent directory.
     load_dotenv(Path.cwd() / ".env")
-    app = Flask(__name__, instance_relative_config=True)
+    app = TodoApi(__name__, instance_relative_config=True)
     web.init_app(app)
     app.json = OrjsonProvider(app)
     app.config.from_mapping(config.from_environment())
@@ -43,8 +50,10 @@ def create_app(test_config=None):
 
 
 def register_extensions(app):
+    engine = database.build_engine(app.config, app.instance_path)
     app_state = state.AppState(
-        engine=database.build_engine(app.config, app.instance_path),
+        engine=engine,
+        connections=database.ThreadConnections(engine),
         session_lookup=session_lookup(app.config),
         cursors=Cursors(signing_secret(app)),
         session_guard=session_guard(app.config),

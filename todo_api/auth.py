@@ -141,7 +141,7 @@ def session_token(credential, secret):
 
 def credential_from_request(config):
     """(credential, came_from_cookie) for the current request; credential may be None."""
-    header = request.headers.get("Authorization")
+    header = request.environ.get("HTTP_AUTHORIZATION")
     if header is not None:
         scheme, _, credential = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():

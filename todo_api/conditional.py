@@ -64,7 +64,7 @@ def if_match_versions(task_id: int) -> Versions:
     the tags can match (weak tags never do, under the strong comparison that
     If-Match uses; nor does a malformed header): the write then answers 412.
     """
-    header = request.headers.get("If-Match")
+    header = request.environ.get("HTTP_IF_MATCH")
     if header is None or header.strip() == "*":
         return None
     tags = entity_tags(header) or []
@@ -74,7 +74,7 @@ def if_match_versions(task_id: int) -> Versions:
 
 def not_modified(row):
     """True when If-None-Match names this task's current ETag (weak comparison) or is `*`: answer 304."""
-    header = request.headers.get("If-None-Match")
+    header = request.environ.get("HTTP_IF_NONE_MATCH")
     if header is None:
         return False
     if header.strip() == "*":

@@ -11,8 +11,10 @@ Credentials are allowed unless `*` is among the entries. `Vary: Origin` is
 added to every response by `web.py`, not here: flask-cors adds it only to some.
 """
 
+import functools
 import re
 
+from flask import request
 from flask_cors import CORS
 
 from . import ratelimit
@@ -40,6 +42,17 @@ def allowed_origins(entries):
     return [entry if entry == ANY_ORIGIN else origin_pattern(entry) for entry in entries]
 
 
+def only_with_origin(answer_cors):
+    """flask-cors's after-request function, run only for requests that carry an Origin (a browser's cross-origin
+    requests and preflights always do): for the others it would answer nothing, at a cost on every request."""
+
+    @functools.wraps(answer_cors)
+    def after_request(response):
+        return answer_cors(response) if "HTTP_ORIGIN" in request.environ else response
+
+    return after_request
+
+
 def init_app(app):
     entries = app.config["CORS_ORIGINS"]
     # The browser shows a script only the response headers exposed here: ETag for
@@ -51,4 +64,7 @@ def init_app(app):
         max_age=600,
         expose_headers=["ETag", "Idempotent-Replayed", *ratelimit.HEADERS],
         vary_header=False,
+        always_send=False,  # no Origin, no CORS headers
     )
+    after_request = app.after_request_funcs[None]
+    after_request.append(only_with_origin(after_request.pop()))  # the function CORS() has just registered

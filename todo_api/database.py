@@ -1,11 +1,13 @@
 """The database engine, the per-request connection, transactions, and retrying once.
 
-Every request that needs the database checks out one pooled connection the
-first time it asks for it (`get_db`) and returns it when the request ends.
-Connections run in autocommit mode: nearly every operation of this service is
-a single statement (the toggle is one `UPDATE ... RETURNING`), so there is no
-BEGIN or COMMIT round trip to pay, and nothing half-done can be left behind;
-the few that change several rows together say so with `transaction`.
+Every request that needs the database uses its thread's connection (`get_db`):
+checked out of the pool on a thread's first request and kept from one request
+to the next (`ThreadConnections`), so no request pays for a checkout and a
+check-in; it ends every request outside any transaction. Connections run in
+autocommit mode: nearly every operation of this service is a single
+statement (the toggle is one `UPDATE ... RETURNING`), so there is no BEGIN or
+COMMIT round trip to pay, and nothing half-done can be left behind; the few
+that change several rows together say so with `transaction`.
 
 No ping precedes a checkout: a connection from before a database restart is
 found dead by the request's first statement, which runs again once on a fresh
@@ -15,6 +17,8 @@ connection (`execute_retrying_once`). Schema changes are `migrate`'s.
 import functools
 import os
 import select
+import threading
+import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +27,7 @@ from typing import Any, TypeVar
 
 import orjson
 import psycopg2.extensions
-from flask import Flask, g
+from flask import Flask
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine, make_url
@@ -31,7 +35,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
 from . import tables, timezones, token_digest
-from .state import get_engine
+from .state import get_engine, get_thread_connections
 
 POSTGRES_SCHEMES = ("postgres", "postgresql")
 
@@ -85,6 +89,9 @@ def _postgres_engine(url, config):
         max_overflow=config["DATABASE_MAX_OVERFLOW"],
         pool_timeout=config["DATABASE_POOL_TIMEOUT"],
         pool_pre_ping=config["DATABASE_POOL_PRE_PING"],
+        # Autocommit connections hold no transaction to reset; one left open is rolled back at check-in
+        # (`_rollback_open_transaction`), at no cost for the others.
+        pool_reset_on_return=None,
         connect_args={"connect_timeout": config["DATABASE_CONNECT_TIMEOUT"], "application_name": "todo-api"},
     )
     event.listen(engine, "connect", _set_utc)
@@ -263,12 +270,13 @@ def fetch(db: Connection, statement: Executable, params: dict[str, Any]) -> list
     for name, convert in prepared.conversions.items():
         values[name] = convert(values[name])
     sql, dbapi_connection = prepared.sql, db.connection.dbapi_connection
+    events = db.engine.dispatch  # the engine's listeners (a Connection's own dispatch is built on first use)
     try:
         with dbapi_connection.cursor() as cursor:
-            for hook in db.dispatch.before_cursor_execute:
+            for hook in events.before_cursor_execute:
                 sql, values = hook(db, cursor, sql, values, None, False)
             cursor.execute(sql, values)
-            for hook in db.dispatch.after_cursor_execute:
+            for hook in events.after_cursor_execute:
                 hook(db, cursor, sql, values, None, False)
             return list(map(prepared.row_type._make, cursor.fetchall()))
     except psycopg2.Error as error:
@@ -280,17 +288,93 @@ def fetch(db: Connection, statement: Executable, params: dict[str, Any]) -> list
         ) from error
 
 
+class ThreadConnections:
+    """Each thread's pooled connection, kept from one request to the next.
+
+    A checkout and a check-in cost more than a task route's own statement
+    (SQLAlchemy joins the engine's events on every new `Connection`), and a
+    serving thread needs a connection for nearly every request anyway. Between
+    requests a kept connection is idle and outside any transaction
+    (`end_request`), as it would be in the pool. Threads keep fewer connections
+    than the pool holds open (DATABASE_POOL_SIZE): past that, a thread gives
+    its connection back after each request, so one is always in reach of the
+    others, and of work done outside requests (a readiness ping). One that failed is given back
+    (`release`); so is a thread's when the thread ends, and every one when the
+    engine is disposed.
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine, self.local, self.holders = engine, threading.local(), weakref.WeakSet()
+        event.listen(engine, "engine_disposed", lambda _engine: self.release_all())
+
+    def get(self) -> Connection:
+        holder = getattr(self.local, "holder", None)
+        if holder is None or holder.connection.closed:
+            holder = self.local.holder = Holder(self.engine.connect())
+            weakref.finalize(holder, holder.connection.close)  # the thread ended, or its connection was replaced
+            self.holders.add(holder)
+        return holder.connection
+
+    def release(self) -> None:
+        """Give this thread's connection back to the pool (a dead one is discarded there)."""
+        holder = getattr(self.local, "holder", None)
+        if holder is not None:
+            self.local.holder = None
+            holder.connection.close()
+
+    def release_all(self) -> None:
+        for holder in list(self.holders):
+            holder.connection.close()
+
+    def end_request(self) -> None:
+        """A request's end: the thread's connection is left outside any transaction, or given back (see above)."""
+        holder = getattr(self.local, "holder", None)
+        if holder is None:
+            return
+        connection = holder.connection
+        if connection.invalidated or connection.closed or self.pool_is_short():
+            self.release()
+        elif in_transaction(connection.connection.dbapi_connection):
+            try:
+                connection.exec_driver_sql("ROLLBACK")
+            except DBAPIError:
+                self.release()
+
+    def pool_is_short(self) -> bool:
+        """As many connections are checked out as the pool keeps open (or more: its overflow)."""
+        pool = self.engine.pool
+        checked_out = getattr(pool, "checkedout", None)
+        return checked_out is not None and checked_out() >= pool.size()
+
+
+class Holder:
+    """A thread's connection, in the thread's local storage: closed (back to the pool) when the thread ends."""
+
+    __slots__ = ("connection", "__weakref__")
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+
+
+def in_transaction(dbapi_connection) -> bool:
+    """Whether a transaction is open on this psycopg2 or sqlite3 connection (asks the driver, sends nothing)."""
+    if isinstance(dbapi_connection, psycopg2.extensions.connection):
+        return dbapi_connection.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    return dbapi_connection.in_transaction
+
+
 def get_db() -> Connection:
-    """The request's connection, checked out on first use."""
-    if "db" not in g:
-        g.db = get_engine().connect()
-    return g.db
+    """The request's connection: its thread's (see `ThreadConnections`)."""
+    return get_thread_connections().get()
 
 
-def close_db(_exc: BaseException | None = None) -> None:
-    connection = g.pop("db", None)
-    if connection is not None:
-        connection.close()
+def close_db() -> None:
+    """Give the thread's connection back, after it failed: the next `get_db()` checks out another."""
+    get_thread_connections().release()
+
+
+def end_request(_exc: BaseException | None = None) -> None:
+    get_thread_connections().end_request()
 
 
 Result = TypeVar("Result")
@@ -337,9 +421,11 @@ def on_live_connection(operation: Callable[[Connection], Result], writes: bool =
     the place of the session lookup in `execute_retrying_once`. Before a write, a connection the server has
     closed (after a restart) is found without a round trip (`closed_by_server`) and replaced.
     """
-    if writes and closed_by_server(get_db()):
-        g.db.invalidate()
-        close_db()
+    if writes:
+        db = get_db()
+        if closed_by_server(db):
+            db.invalidate()
+            close_db()
     return run_with_retry(lambda: operation(get_db()), before_retry=close_db, writes=writes)
 
 
@@ -367,5 +453,5 @@ def _select_one() -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Return each request's connection when the request ends (the engine is in the app's `AppState`)."""
-    app.teardown_appcontext(close_db)
+    """End each request outside any transaction (the engine and its connections are in the app's `AppState`)."""
+    app.teardown_appcontext(end_request)

@@ -391,10 +391,10 @@ def rate_limit_headers(response):
         limits.count([(address, limits.per_ip)])  # too late to refuse: the next request is, before authentication
     shown = g.get("rate_limit")
     if shown is not None and limits.headers_enabled:
-        headers = response.headers
-        headers["X-RateLimit-Limit"] = str(shown.amount)
-        headers["X-RateLimit-Remaining"] = str(shown.remaining)
-        headers["X-RateLimit-Reset"] = str(math.ceil(shown.reset))
+        headers = response.headers  # only this function writes them: added, not set (no search for a duplicate)
+        headers.add("X-RateLimit-Limit", str(shown.amount))
+        headers.add("X-RateLimit-Remaining", str(shown.remaining))
+        headers.add("X-RateLimit-Reset", str(math.ceil(shown.reset)))
     return response
 
 

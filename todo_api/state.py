@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sqlalchemy.sql import ColumnElement, Select
 
     from .auth import KnownSessions
+    from .database import ThreadConnections
     from .listing import Cursors
 
 _EXTENSION = "todo_api"
@@ -25,6 +26,7 @@ _EXTENSION = "todo_api"
 @dataclass(frozen=True)
 class AppState:
     engine: Engine  # DATABASE_URL's pool
+    connections: ThreadConnections  # each thread's connection from that pool (see `database`)
     session_lookup: Select  # the SELECT that turns a token's digest into a user id (see `auth`)
     cursors: Cursors  # signs and checks page cursors (see `listing`)
     session_guard: ColumnElement  # the session check folded into the task routes' statements (see `auth`)
@@ -41,6 +43,10 @@ def app_state(app: Flask | None = None) -> AppState:
 
 def get_engine(app: Flask | None = None) -> Engine:
     return app_state(app).engine
+
+
+def get_thread_connections(app: Flask | None = None) -> ThreadConnections:
+    return app_state(app).connections
 
 
 def get_session_lookup(app: Flask | None = None) -> Select:

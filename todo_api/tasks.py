@@ -87,7 +87,7 @@ def json_body(schema):
 
 
 def has_body():
-    return bool(request.content_length) or request.headers.get("Transfer-Encoding") == "chunked"
+    return bool(request.content_length) or request.environ.get("HTTP_TRANSFER_ENCODING") == "chunked"
 
 
 def list_page(query: ListQuery, session: task_store.SessionCheck | None = None):

@@ -52,15 +52,12 @@ class NoCookieSessions(SessionInterface):
 
 
 def protective_headers(response):
+    """Headers no other part of the app sets: added, not set (Werkzeug's `set` compares every header's name)."""
     headers = response.headers
-    headers["X-Content-Type-Options"] = "nosniff"
-    vary = headers.get("Vary")
-    if not vary:
-        headers["Vary"] = "Origin"
-    elif "origin" not in (name.strip().lower() for name in vary.split(",")):
-        headers["Vary"] = f"{vary}, Origin"
+    headers.add("X-Content-Type-Options", "nosniff")
+    headers.add("Vary", "Origin")
     if is_api(request.path):
-        headers["Cache-Control"] = "no-store"
+        headers.add("Cache-Control", "no-store")
     return response
 
 

@@ -139,9 +139,9 @@ def session_token(credential, secret):
     return token
 
 
-def credential_from_request(config):
-    """(credential, came_from_cookie) for the current request; credential may be None."""
-    header = request.environ.get("HTTP_AUTHORIZATION")
+def credential_from_request(config, current_request):
+    """(credential, came_from_cookie) for the request; credential may be None."""
+    header = current_request.environ.get("HTTP_AUTHORIZATION")
     if header is not None:
         scheme, _, credential = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
@@ -151,7 +151,8 @@ def credential_from_request(config):
     if not secret:
         return None, False
     prefix = config["BETTER_AUTH_COOKIE_PREFIX"]
-    cookie = request.cookies.get(f"__Secure-{prefix}.session_token") or request.cookies.get(f"{prefix}.session_token")
+    cookies = current_request.cookies
+    cookie = cookies.get(f"__Secure-{prefix}.session_token") or cookies.get(f"{prefix}.session_token")
     if not cookie or "." not in cookie:
         # Better Auth's cookie is always signed; an unsigned one is forged or stale.
         return None, True
@@ -166,23 +167,24 @@ def authenticate(deferred=False):
     the statement that checks it (`session_guard`); the route must then call
     `confirm_session` before it answers anything but that statement's rows.
     """
-    config = current_app.config
-    credential, from_cookie = credential_from_request(config)
+    app, current_request = current_app._get_current_object(), request._get_current_object()
+    config = app.config
+    credential, from_cookie = credential_from_request(config, current_request)
     token = credential and session_token(credential, config["BETTER_AUTH_SECRET"])
     if not token:
         log.info("rejected request: missing or malformed credential")
         raise NotAuthenticated()
     digest = token_digest.token_digest(token)
-    forged_write = from_cookie and request.method in STATE_CHANGING_METHODS and not request.is_json
-    known = app_state().known_sessions
-    user_id = known.get(digest) if deferred and not forged_write else None
-    g.session_digest, g.session_unconfirmed = digest, user_id is not None
+    forged_write = from_cookie and current_request.method in STATE_CHANGING_METHODS and not current_request.is_json
+    user_id = app_state(app).known_sessions.get(digest) if deferred and not forged_write else None
+    request_globals = g._get_current_object()
+    request_globals.session_digest, request_globals.session_unconfirmed = digest, user_id is not None
     if user_id is None:
         user_id = lookup_session(digest)
     if forged_write:
         # A cross-site HTML form cannot send application/json, so this stops forged writes.
         raise UnsupportedMediaType("Requests authenticated by cookie that change data must be sent as application/json")
-    g.user_id = user_id
+    request_globals.user_id = user_id
 
 
 def lookup_session(digest):

@@ -90,23 +90,9 @@ return result
 COUNT_SCRIPT_SHA = hashlib.sha1(COUNT_SCRIPT.encode()).hexdigest()
 
 
-def client_address():
-    """The client's IP address; behind TRUSTED_PROXY_HOPS proxies, the one they saw."""
-    return request.remote_addr or "unknown"
-
-
-def user_key():
-    user_id = g.get("user_id")
-    return f"user:{user_id}" if user_id else f"ip:{client_address()}"
-
-
-def address_key():
-    return f"ip:{client_address()}"
-
-
-def is_exempt():
-    # CORS preflights carry no credentials and are answered without any work.
-    return request.method == "OPTIONS" or request.endpoint in EXEMPT_ENDPOINTS
+def address_key(current_request):
+    """The client's IP address as a counter key; behind TRUSTED_PROXY_HOPS proxies, the one they saw."""
+    return f"ip:{current_request.remote_addr or 'unknown'}"
 
 
 class RateLimitExceeded(TooManyRequests):
@@ -264,6 +250,7 @@ class RateLimits:
 
         Sets `g.rate_limit` to what the headers show: the limit exceeded, or else the last of `counted`.
         """
+        request_globals = g._get_current_object()
         keys = []
         windows = []
         for key, limit in counted:
@@ -282,7 +269,7 @@ class RateLimits:
                 standing = Standing.of(window, *next(results))
                 if shown is None or standing.tighter_than(shown):
                     shown = standing
-            g.rate_limit = shown
+            request_globals.rate_limit = shown
             if shown.exceeded:
                 if limit is self.per_ip:
                     self.blocked[key] = shown
@@ -337,17 +324,23 @@ def get_in_flight(app=None):
     return (app or current_app).extensions[IN_FLIGHT]
 
 
+# The hooks below run on every request: each looks the request's context up once (`_get_current_object`), where
+# every attribute read through Flask's `request` and `g` proxies would look it up again.
+
+
 def count_request():
     """before_request: count the address (and the docs limit), or, on /api, leave it for `limit_user()`."""
-    if is_exempt():
+    current = request._get_current_object()
+    # CORS preflights carry no credentials and are answered without any work.
+    if current.method == "OPTIONS" or current.endpoint in EXEMPT_ENDPOINTS:
         return
     limits = get_rate_limits()
-    address = address_key()
-    if request.path.startswith(USER_LIMITED_PREFIX):
+    address = address_key(current)
+    if current.path.startswith(USER_LIMITED_PREFIX):
         limits.refuse_if_blocked(address)
         g.rate_limit_address = address
         return
-    if request.blueprint == DOCS_BLUEPRINT:
+    if current.blueprint == DOCS_BLUEPRINT:
         counted = [(address, limits.docs), (address, limits.per_ip)]
     else:
         counted = [(address, limits.per_ip)]
@@ -363,20 +356,24 @@ def limit_user():
     request stays counted among the user's requests in progress until its
     teardown, whatever happens to it.
     """
-    limits = get_rate_limits()
+    request_globals = g._get_current_object()
+    user_id = request_globals.get("user_id")
+    extensions = current_app.extensions
+    limits = extensions[RATE_LIMITS]
     if limits is not None:
-        address = g.pop("rate_limit_address", None)
-        counted = [(user_key(), limits.per_user)]
+        address = request_globals.pop("rate_limit_address", None)
+        # (keyed by address if a request ever got here without a user)
+        counted = [(f"user:{user_id}" if user_id else address_key(request), limits.per_user)]
         if address is not None:
             counted.insert(0, (address, limits.per_ip))
         breached = limits.count(counted)
         if breached is not None:
             raise exceeded(breached)
-    in_flight = get_in_flight()
-    if in_flight is not None:
-        if not in_flight.enter(g.user_id):
+    in_flight = extensions[IN_FLIGHT]
+    if in_flight is not None and user_id:
+        if not in_flight.enter(user_id):
             raise TooManyInFlight(in_flight.limit)
-        g.in_flight_user = g.user_id
+        request_globals.in_flight_user = user_id
 
 
 def rate_limit_headers(response):
@@ -385,11 +382,12 @@ def rate_limit_headers(response):
     The limit shown is the per-user one on /api routes once the caller is
     known, the per-address one otherwise, and the one exceeded on a 429.
     """
+    request_globals = g._get_current_object()
     limits = get_rate_limits()
-    address = g.pop("rate_limit_address", None)
+    address = request_globals.pop("rate_limit_address", None)
     if address is not None:
         limits.count([(address, limits.per_ip)])  # too late to refuse: the next request is, before authentication
-    shown = g.get("rate_limit")
+    shown = request_globals.get("rate_limit")
     if shown is not None and limits.headers_enabled:
         headers = response.headers  # only this function writes them: added, not set (no search for a duplicate)
         headers.add("X-RateLimit-Limit", str(shown.amount))

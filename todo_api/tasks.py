@@ -7,6 +7,7 @@ honour If-Match (see `conditional`), and creates honour Idempotency-Key (see
 
 import functools
 
+import orjson
 from flask import Blueprint, Response, current_app, g, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -16,6 +17,7 @@ from .apidoc import operation, request_body, response
 from .auth import authenticate, confirm_session
 from .conditional import etag, etag_of, if_match_versions, not_modified
 from .database import get_db, on_live_connection
+from .json_provider import OPTIONS as JSON_OPTIONS
 from .ratelimit import limit_user
 from .schemas import (
     ChangedTaskEnvelopeSchema,
@@ -50,14 +52,15 @@ CHANGED_TASK = response(
 
 @bp.before_request
 def require_session():
-    if request.method != "OPTIONS":  # CORS preflights carry no credentials
-        view = current_app.view_functions.get(request.endpoint)
+    current = request._get_current_object()  # one context lookup, not one per attribute
+    if current.method != "OPTIONS":  # CORS preflights carry no credentials
+        view = current_app.view_functions.get(current.endpoint)
         authenticate(deferred=getattr(view, "session_in_statement", False))
         limit_user()  # after authentication: the per-user limit is keyed by the user
 
 
 def session_in_statement(view):
-    """A route whose statements check the caller's session themselves (`caller_session`, see `auth`): one round
+    """A route whose statements check the caller's session themselves (`caller`, see `auth`): one round
     trip per request.
 
     Whatever else it answers (404, 412, 422, 400, 415) is answered only once the
@@ -76,9 +79,10 @@ def session_in_statement(view):
     return checked
 
 
-def caller_session():
-    """The caller's session, for the statements to check (see `task_store.SessionCheck`)."""
-    return task_store.SessionCheck(app_state().session_guard, g.session_digest)
+def caller():
+    """The caller's user id, and their session for the statements to check (see `task_store.SessionCheck`)."""
+    request_globals = g._get_current_object()  # one context lookup for both
+    return request_globals.user_id, task_store.SessionCheck(app_state().session_guard, request_globals.session_digest)
 
 
 def json_body(schema):
@@ -90,21 +94,26 @@ def has_body():
     return bool(request.content_length) or request.environ.get("HTTP_TRANSFER_ENCODING") == "chunked"
 
 
-def list_page(query: ListQuery, session: task_store.SessionCheck | None = None):
-    """One page of the caller's tasks, at most RESPONSE_MAX_BYTES long (see `listing.page_body`).
+def list_page(query: ListQuery, user_id: str, session: task_store.SessionCheck | None = None):
+    """One page of the user's tasks, at most RESPONSE_MAX_BYTES long (see `listing.page_body`).
 
     Under `session`, an empty page is answered only once the session is known to be live."""
-    config, cursors = current_app.config, get_cursors()
+    app = current_app._get_current_object()
+    config, cursors = app.config, get_cursors(app)
     timeout = config["SEARCH_STATEMENT_TIMEOUT_MS"]
-    rows = on_live_connection(lambda db: listing.find_tasks(db, g.user_id, query, cursors, timeout, session))
+    rows = on_live_connection(lambda db: listing.find_tasks(db, user_id, query, cursors, timeout, session))
     if not rows and session is not None:
         confirm_session()
     body = listing.page_body(rows, query, cursors, task_output, config["RESPONSE_MAX_BYTES"])
     return Response(body, mimetype="application/json")
 
 
+def json_response(body, headers=None):
+    return Response(orjson.dumps(body, option=JSON_OPTIONS), mimetype="application/json", headers=headers)
+
+
 def one_task(row):
-    return {"data": task_output(row)}, {"ETag": etag(row)}
+    return json_response({"data": task_output(row)}, {"ETag": etag(row)})
 
 
 def task_and_next(row, next_task):
@@ -112,7 +121,7 @@ def task_and_next(row, next_task):
     body = {"data": task_output(row)}
     if next_task is not None:
         body["next_task"] = task_output(next_task)
-    return body, {"ETag": etag(row)}
+    return json_response(body, {"ETag": etag(row)})
 
 
 def created_body(row):
@@ -132,7 +141,8 @@ def created_under_key(created: idempotency.Created):
 @operation("List tasks", description=LIST_DESCRIPTION, query=list_query_schema, response=TASK_LIST)
 @session_in_statement
 def list_tasks():
-    return list_page(list_query_schema.load(request.args), caller_session())
+    user_id, session = caller()
+    return list_page(list_query_schema.load(request.args), user_id, session)
 
 
 @bp.get("/tasks/filter-sort")
@@ -145,7 +155,7 @@ def list_tasks():
 )
 def filter_sort_tasks():
     """The list, oldest first unless `sort_order` says otherwise (the frontend sends none)."""
-    return list_page(filter_sort_query_schema.load(request.args))
+    return list_page(filter_sort_query_schema.load(request.args), g.user_id)
 
 
 @bp.get("/tasks/search")
@@ -158,7 +168,7 @@ def filter_sort_tasks():
     response=TASK_LIST,
 )
 def search_tasks():
-    return list_page(search_query_schema.load(request.args))
+    return list_page(search_query_schema.load(request.args), g.user_id)
 
 
 @bp.post("/tasks")
@@ -174,8 +184,8 @@ def create_task():
     fields = json_body(task_create_schema)
     key = idempotency.request_key()
     if key is None:
-        session = caller_session()
-        row = on_live_connection(lambda db: task_store.create_task(db, g.user_id, fields, session=session), True)
+        user_id, session = caller()
+        row = on_live_connection(lambda db: task_store.create_task(db, user_id, fields, session=session), True)
         if row is None:  # the session is dead, or died just now
             confirm_session()
             row = task_store.create_task(get_db(), g.user_id, fields)
@@ -188,8 +198,8 @@ def create_task():
 @operation("Get a task", response=TASK, etag=True, conditional=True, errors=[404])
 @session_in_statement
 def get_task(task_id):
-    session = caller_session()
-    row = on_live_connection(lambda db: task_store.get_task(db, g.user_id, task_id, session))
+    user_id, session = caller()
+    row = on_live_connection(lambda db: task_store.get_task(db, user_id, task_id, session))
     if not_modified(row):
         return "", 304, {"ETag": etag(row)}
     return one_task(row)
@@ -208,9 +218,9 @@ def get_task(task_id):
 @session_in_statement
 def update_task(task_id):
     changes = json_body(task_update_schema)
-    versions, session = if_match_versions(task_id), caller_session()
+    versions, (user_id, session) = if_match_versions(task_id), caller()
     return task_and_next(
-        *on_live_connection(lambda db: task_store.update_task(db, g.user_id, task_id, changes, versions, session), True)
+        *on_live_connection(lambda db: task_store.update_task(db, user_id, task_id, changes, versions, session), True)
     )
 
 
@@ -218,8 +228,8 @@ def update_task(task_id):
 @operation("Delete a task", response=response("Deleted.", DeletedEnvelopeSchema), conditional=True, errors=[404])
 @session_in_statement
 def delete_task(task_id):
-    versions, session = if_match_versions(task_id), caller_session()
-    on_live_connection(lambda db: task_store.delete_task(db, g.user_id, task_id, versions, session), writes=True)
+    versions, (user_id, session) = if_match_versions(task_id), caller()
+    on_live_connection(lambda db: task_store.delete_task(db, user_id, task_id, versions, session), writes=True)
     return {"data": {"ok": True}}
 
 
@@ -237,14 +247,14 @@ def delete_task(task_id):
 @session_in_statement
 def complete_task(task_id):
     """No body toggles; `{"completed": bool}` sets, so a retry cannot flip it back."""
-    versions, session = if_match_versions(task_id), caller_session()
+    versions, (user_id, session) = if_match_versions(task_id), caller()
     if has_body():
         completed = json_body(completion_schema)["completed"]
         written = on_live_connection(
-            lambda db: task_store.set_task_completed(db, g.user_id, task_id, completed, versions, session), True
+            lambda db: task_store.set_task_completed(db, user_id, task_id, completed, versions, session), True
         )
     else:
-        written = on_live_connection(lambda db: task_store.toggle_task(db, g.user_id, task_id, versions, session), True)
+        written = on_live_connection(lambda db: task_store.toggle_task(db, user_id, task_id, versions, session), True)
     return task_and_next(*written)
 
 

@@ -1,16 +1,18 @@
 """How `GET /api/tasks` scales with the size of one user's list.
 
 On a throwaway Postgres database (created, migrated, dropped at the end), one
-user is given 100, 10,000 and 100,000 tasks in turn (other users hold as many
-again), and each list scenario is timed through the real Flask app in-process:
-first page, a page from the middle of the list, a filter, two searches (a word
-in about 1% of the rows and a word in five rows) and the unlimited listing.
+user is given 100, 1,000, 10,000 and 100,000 tasks in turn (other users hold as
+many again), and each list scenario is timed through the real Flask app
+in-process: first page, a page from the middle of the list, a filter, two
+searches (a word in about 1% of the rows and a word in five rows) and the
+unlimited listing, the frontend's `GET /api/tasks`, which answers every task up
+to 1,000 (all of them at 1,000 tasks).
 
 Goals checked at the end: the first and the deep page stay within 2x from the
 smallest to the largest size, and a search over 100,000 tasks takes under 50 ms.
 
 Usage:
-    .venv/bin/python bench/scale.py [--sizes 100,10000,100000] [--repeat 50]
+    .venv/bin/python bench/scale.py [--sizes 100,1000,10000,100000] [--repeat 50]
         [--admin-url postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
@@ -84,7 +86,7 @@ MATCHES = text("SELECT count(*) FROM task WHERE user_id = :u AND (title ILIKE :p
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="100,10000,100000", help="task counts (default: %(default)s)")
+    parser.add_argument("--sizes", default="100,1000,10000,100000", help="task counts (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=50, help="timed requests per scenario (default: %(default)s)")
     parser.add_argument(
         "--admin-url",
@@ -174,7 +176,7 @@ def run(url, args):
                     "filter pending+high": "/api/tasks?status=pending&priority=high&limit=50",
                     f"search ~1% ({COMMON_WORD})": f"/api/tasks?q={COMMON_WORD}&limit=50",
                     f"search rare ({RARE_WORD})": f"/api/tasks?q={RARE_WORD}&limit=50",
-                    "unlimited (<=1000 rows)": "/api/tasks",
+                    "unlimited (all, at most 1,000 rows)": "/api/tasks",
                 }
                 results[size] = {name: timed(client, headers, path, args.repeat) for name, path in scenarios.items()}
             report(results, args.sizes)

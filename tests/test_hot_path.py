@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import select
 
 from support import StatementLog, delete_session, expire_session, fetch, user_id_of
-from todo_api.schemas import TaskSchema, task_output
+from todo_api.schemas import TaskSchema, filter_sort_query_schema, list_query_schema, task_output
 from todo_api.state import app_state
 from todo_api.tables import task as task_table
+from todo_api.tasks import list_query
 from todo_api.token_digest import token_digest
 
 NOT_AUTHENTICATED = {"detail": "Not authenticated"}
@@ -243,3 +244,19 @@ def test_a_form_that_keeps_the_recurrence_of_a_recurring_task_takes_the_transact
     statements.clear()
     response = client.put(f"/api/tasks/{recurring['id']}", headers=auth, json={"due_date": None})
     assert (response.status_code, statements[:2]) == (422, ["UPDATE", "BEGIN"])  # recurring needs a due date
+
+
+@pytest.mark.parametrize("schema", [list_query_schema, filter_sort_query_schema], ids=["list", "filter-sort"])
+def test_a_list_without_a_query_string_gets_what_its_schema_loads_from_none(app, schema):
+    with app.test_request_context("/api/tasks"):
+        assert list_query(schema) == schema.load({})
+        assert list_query(schema) is list_query(schema)  # loaded once
+
+
+def test_a_search_without_a_query_string_is_still_refused_by_its_schema(client, auth):
+    response = client.get("/api/tasks/search", headers=auth)
+    assert response.status_code == 422
+    assert response.get_json() == {
+        "detail": "Validation failed",
+        "errors": {"keyword": ["Missing data for required field."]},
+    }

@@ -94,6 +94,17 @@ def has_body():
     return bool(request.content_length) or request.environ.get("HTTP_TRANSFER_ENCODING") == "chunked"
 
 
+def list_query(schema) -> ListQuery:
+    """The request's list query, loaded by `schema`; without a query string, what `schema` loads from none."""
+    args = request.args
+    return schema.load(args) if args else loaded_from_nothing(schema)
+
+
+@functools.cache
+def loaded_from_nothing(schema) -> ListQuery:
+    return schema.load({})  # the same every time (a frozen ListQuery): loaded once per schema
+
+
 def list_page(query: ListQuery, user_id: str, session: task_store.SessionCheck | None = None):
     """One page of the user's tasks, at most RESPONSE_MAX_BYTES long (see `listing.page_body`).
 
@@ -142,7 +153,7 @@ def created_under_key(created: idempotency.Created):
 @session_in_statement
 def list_tasks():
     user_id, session = caller()
-    return list_page(list_query_schema.load(request.args), user_id, session)
+    return list_page(list_query(list_query_schema), user_id, session)
 
 
 @bp.get("/tasks/filter-sort")
@@ -155,7 +166,7 @@ def list_tasks():
 )
 def filter_sort_tasks():
     """The list, oldest first unless `sort_order` says otherwise (the frontend sends none)."""
-    return list_page(filter_sort_query_schema.load(request.args), g.user_id)
+    return list_page(list_query(filter_sort_query_schema), g.user_id)
 
 
 @bp.get("/tasks/search")
@@ -168,7 +179,7 @@ def filter_sort_tasks():
     response=TASK_LIST,
 )
 def search_tasks():
-    return list_page(search_query_schema.load(request.args), g.user_id)
+    return list_page(list_query(search_query_schema), g.user_id)
 
 
 @bp.post("/tasks")

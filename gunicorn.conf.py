@@ -24,8 +24,9 @@ max_requests_jitter = max_requests // 10
 accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG", "true").lower() in ("1", "true", "yes", "on") else None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-# Method, path and protocol: no query string (it carries search words and page cursors), no header.
-access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms'
+# The access line: address, method, path and protocol (no query string: it carries search words and page cursors;
+# no header), status, bytes, milliseconds; composed directly, at a fraction of gunicorn's own cost.
+logger_class = "gunicorn_access_log.Logger"
 # No runtime control socket: its default path is one per user, shared by every gunicorn on the machine.
 control_socket_disable = True
 

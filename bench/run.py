@@ -603,13 +603,18 @@ def reset(server, scenario):
 
 
 def cpu_seconds(pids):
-    """User and system CPU seconds the processes have used so far."""
-    ticks = 0
+    """{pid: user and system CPU seconds used so far}, of those of the processes still running."""
+    used = {}
     for pid in pids:
         with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as file:
             fields = file.read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+            used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return used
+
+
+def cpu_used(before, after):
+    """CPU seconds the processes running at both readings used between them."""
+    return sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
 
 
 def postgres_backends():
@@ -636,14 +641,16 @@ def run_wrk(wrk, server, scenario, args):
         server.client,
     ]
     workers, backends = server.workers(), postgres_backends()
-    app_cpu, database_cpu = cpu_seconds(workers), cpu_seconds(backends)
+    app_before, database_before = cpu_seconds(workers), cpu_seconds(backends)
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + 60)
-    app_cpu, database_cpu = cpu_seconds(workers) - app_cpu, cpu_seconds(backends) - database_cpu
+    app_cpu = cpu_used(app_before, cpu_seconds(workers))
+    database_cpu = cpu_used(database_before, cpu_seconds(backends))
     match = re.search(r"^WRK_RESULT (.*)$", done.stdout, re.MULTILINE)
     if done.returncode != 0 or not match:
         raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     result = {key: int(value) for key, value in (pair.split("=") for pair in match.group(1).split())}
-    # CPU time per request of the server's workers and of Postgres (backends that came and went are missed)
+    # CPU time per request of the server's workers and of Postgres (of the backends open before and after the run:
+    # a server that opens a connection per request, as the reference does, shows less than Postgres spent on it)
     result["app_cpu_us"] = app_cpu / max(result["requests"], 1) * 1e6
     result["database_cpu_us"] = database_cpu / max(result["requests"], 1) * 1e6
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
@@ -709,6 +716,24 @@ def results_table(scenarios, results, servers):
             cells += [f"{ceiling:,.0f}", f"{100 * service / ceiling:.0f}%" if service is not None else "-"]
         else:
             cells += ["-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def cpu_table(scenarios, results, servers):
+    """A markdown table of the median CPU µs per request of each server's workers (and of Postgres)."""
+    names = [server.name for server in servers]
+    lines = ["| scenario | " + " | ".join(f"{name} µs" for name in names) + " |", "|---|" + "---:|" * len(names)]
+    for scenario in scenarios:
+        cells = [f"`{scenario}`"]
+        for name in names:
+            runs = results.get((scenario, name))
+            if not runs:
+                cells.append("-")
+                continue
+            app = statistics.median(run["app_cpu_us"] for run in runs)
+            database = statistics.median(run["database_cpu_us"] for run in runs)
+            cells.append(f"{app:,.0f} ({database:,.0f})")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -930,6 +955,12 @@ def bench(args, wrk, pgbench, work, cleanup):
         "\nratio: todo-api req/s / reference req/s; % of ceiling: todo-api req/s / ceiling app req/s; "
         "n/a: no such route"
     )
+    print(
+        "\nCPU time per request, medians (the server's workers; in parentheses, the Postgres backends open "
+        "throughout each run):\n"
+    )
+    for line in cpu_table(args.scenarios, results, servers):
+        print(line)
     errors = [
         f"{scenario} {name}: {sum(run['non2xx'] for run in runs)} non-2xx, "
         f"{sum(run['socket_errors'] for run in runs)} socket errors"

@@ -278,6 +278,23 @@ def test_the_table_gives_medians_ratios_and_marks_what_was_not_measured():
     assert without_reference[2:] == ["| `get` | 1,700 | 9.0 | 19.0 | - | - | - | - | 3,400 | 50% |"]
 
 
+def test_the_cpu_table_gives_the_median_cpu_time_per_request_of_each_server():
+    def cpu(app_us, database_us):
+        return {"app_cpu_us": app_us, "database_cpu_us": database_us}
+
+    results = {
+        ("list", "todo-api"): [cpu(700, 300), cpu(650, 310), cpu(1200, 290)],
+        ("list", "ceiling"): [cpu(500, 300)],
+        ("get", "todo-api"): [cpu(600, 250)],
+    }
+    assert run.cpu_table(["list", "get"], results, servers("todo-api", "ceiling")) == [
+        "| scenario | todo-api µs | ceiling µs |",
+        "|---|---:|---:|",
+        "| `list` | 700 (300) | 500 (300) |",
+        "| `get` | 600 (250) | - |",
+    ]
+
+
 def test_repeats_rotate_the_order_of_the_servers():
     names = ["todo-api", "reference", "ceiling"]
     assert [run.rotated(names, repeat) for repeat in range(4)] == [

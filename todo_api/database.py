@@ -134,13 +134,10 @@ def statement_timeout_prefixer(default_ms):
         options = context.execution_options if context else connection.get_execution_options()
         if statement.startswith(TRANSACTION_CONTROL):
             return statement, parameters
-        return with_statement_timeout(statement, options.get("statement_timeout_ms", default_ms)), parameters
+        timeout_ms = options.get("statement_timeout_ms", default_ms)
+        return f"SET LOCAL statement_timeout = {int(timeout_ms)}; {statement}", parameters
 
     return prefix
-
-
-def with_statement_timeout(statement: str, timeout_ms: int) -> str:
-    return f"SET LOCAL statement_timeout = {int(timeout_ms)}; {statement}"
 
 
 def _sqlite_engine(url):
@@ -200,7 +197,7 @@ def _rollback_open_transaction(dbapi_connection, _record):
     """A connection goes back to the pool outside any transaction, whatever happened."""
     if dbapi_connection is None or dbapi_connection.closed:
         return
-    if dbapi_connection.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+    if in_transaction(dbapi_connection):
         with dbapi_connection.cursor() as cursor:  # rollback() is a no-op in autocommit mode
             cursor.execute("ROLLBACK")
 

@@ -9,6 +9,7 @@ may stop and crash), `push_service` (a Web Push service on 127.0.0.1), and
 
 import contextlib
 import os
+import pwd
 import re
 import socket
 import uuid
@@ -47,6 +48,31 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# Postgres and PgBouncer refuse to run as root: a suite running as root runs them as this OS user.
+SERVER_USER = "postgres"
+
+
+def missing_server_user(program):
+    """Why `program` cannot run here for want of an OS user to run it as, or None."""
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam(SERVER_USER)
+        except KeyError:
+            return f"running as root and there is no {SERVER_USER!r} OS user to run {program} as"
+    return None
+
+
+def as_server_user(*paths):
+    """When running as root: hand `paths` to SERVER_USER, and return the `subprocess` arguments that run a
+    program as it. Otherwise nothing changes hands, and the arguments are none."""
+    if os.geteuid() != 0:
+        return {}
+    account = pwd.getpwnam(SERVER_USER)
+    for path in paths:
+        os.chown(path, account.pw_uid, account.pw_gid)
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
 
 # -- Sessions ------------------------------------------------------------------

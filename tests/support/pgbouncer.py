@@ -10,7 +10,6 @@ OS user.
 """
 
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -19,10 +18,9 @@ import time
 
 from sqlalchemy.engine import make_url
 
-from support import free_port
+from support import SERVER_USER, as_server_user, free_port, missing_server_user
 
 PGBOUNCER = os.environ.get("PGBOUNCER") or shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-SERVER_USER = "postgres"
 START_TIMEOUT = 10
 
 
@@ -30,12 +28,7 @@ def missing_requirement():
     """Why a PgBouncer cannot be started here, or None."""
     if not os.access(PGBOUNCER, os.X_OK):
         return "pgbouncer is not installed (apt-get install pgbouncer)"
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam(SERVER_USER)
-        except KeyError:
-            return f"running as root and there is no {SERVER_USER!r} OS user to run pgbouncer as"
-    return None
+    return missing_server_user("pgbouncer")
 
 
 def _quoted(value):
@@ -71,12 +64,7 @@ class Pooler:
         with open(users, "w") as file:
             # trust: no client authentication, but the user must be listed; its password logs in to the server.
             file.write(f"{_quoted(server.username or SERVER_USER)} {_quoted(server.password or '')}\n")
-        self._as = {}
-        if os.geteuid() == 0:
-            account = pwd.getpwnam(SERVER_USER)
-            for path in (self.root, config, users):
-                os.chown(path, account.pw_uid, account.pw_gid)
-            self._as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        self._as = as_server_user(self.root, config, users)
         os.chmod(self.root, 0o700)
         self._config = config
         self.process = None

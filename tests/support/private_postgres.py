@@ -7,7 +7,6 @@ afterwards. Postgres refuses to run as root, so when the tests run as root
 """
 
 import os
-import pwd
 import shutil
 import subprocess
 import tempfile
@@ -15,10 +14,9 @@ from contextlib import contextmanager
 
 import pytest
 
-from support import free_port
+from support import as_server_user, free_port, missing_server_user
 
 POSTGRES_BIN = os.environ.get("POSTGRES_BIN", "/usr/lib/postgresql/15/bin")
-SERVER_USER = "postgres"
 
 
 def missing_requirement():
@@ -26,12 +24,7 @@ def missing_requirement():
     for tool in ("initdb", "pg_ctl"):
         if not os.access(os.path.join(POSTGRES_BIN, tool), os.X_OK):
             return f"Postgres server binaries not found in {POSTGRES_BIN} (set POSTGRES_BIN)"
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam(SERVER_USER)
-        except KeyError:
-            return f"running as root and there is no {SERVER_USER!r} OS user to run Postgres as"
-    return None
+    return missing_server_user("Postgres")
 
 
 class PrivateCluster:
@@ -41,12 +34,7 @@ class PrivateCluster:
         self.log = os.path.join(self.root, "postgres.log")
         self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        if os.geteuid() == 0:
-            account = pwd.getpwnam(SERVER_USER)
-            os.chown(self.root, account.pw_uid, account.pw_gid)
-            self._as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-        else:
-            self._as = {}
+        self._as = as_server_user(self.root)
         os.chmod(self.root, 0o700)
         self._run("initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
 

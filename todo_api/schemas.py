@@ -510,7 +510,7 @@ class TaskEnvelopeSchema(Schema):
 
 
 class ChangedTaskEnvelopeSchema(TaskEnvelopeSchema):
-    """A changed task; completing a recurring task adds its next occurrence."""
+    """A changed task; a completion that created a recurring task's next occurrence adds it."""
 
     next_task = fields.Nested(TaskSchema)
 

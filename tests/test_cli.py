@@ -247,8 +247,8 @@ def test_schema_commands_run_on_the_migration_url(empty_postgres_url):
                 (["db", "current"], "none\n"),
                 (["init-db", "--auth-tables"], "Initialized the database (postgresql).\n"),
                 (["db", "downgrade", "0004"], "Database at revision 0004.\n"),
-                (["db", "upgrade"], "Database at revision 0008.\n"),
-                (["db", "current"], "0008\n"),
+                (["db", "upgrade"], "Database at revision 0009.\n"),
+                (["db", "current"], "0009\n"),
             ]:
                 result = runner.invoke(args=args)
                 assert (args, result.exit_code, result.output) == (args, 0, output)

@@ -2,12 +2,13 @@
 
 import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from support import REFERENCE_TASK_COLUMNS, user_id_of
 from todo_api.database import get_engine
 from todo_api.migrate import current_revision, downgrade, upgrade
 
-HEAD = "0008"
+HEAD = "0009"
 
 
 def task_indexes(engine):
@@ -166,3 +167,59 @@ def test_the_time_zone_functions_come_and_go_with_0007(app):
     assert functions() == []
     upgrade(engine)
     assert functions() == ["todo_day_start", "todo_local_to_utc"]
+
+
+def test_the_database_refuses_a_second_next_occurrence_of_an_occurrence(app, client, auth, create_task):
+    task = create_task(recurrence_pattern="daily", due_date="2026-05-01T08:00:00Z")
+    following = client.patch(f"/api/tasks/{task['id']}/complete", headers=auth).get_json()["next_task"]
+    engine = get_engine(app)
+    with engine.connect() as connection:
+        copy = text(
+            "INSERT INTO task (user_id, title, completed, priority, tags, created_at, updated_at, due_date,"
+            " recurrence_pattern, reminder_sent, due_all_day, recurs_from)"
+            " SELECT user_id, title, false, priority, tags, created_at, updated_at, due_date, recurrence_pattern,"
+            " false, false, recurs_from FROM task WHERE id = :id"
+        )
+        with pytest.raises(IntegrityError):
+            connection.execute(copy, {"id": following["id"]})
+        connection.rollback()
+        links = connection.execute(text("SELECT id, recurs_from FROM task ORDER BY id")).all()
+    assert [tuple(link) for link in links] == [(task["id"], None), (following["id"], task["id"])]
+    assert "uq_task_recurs_from" in task_indexes(engine)
+
+
+def test_next_occurrence_links_come_and_go_with_0009_and_every_row_stays(app, client, auth, token, create_task):
+    """A next occurrence made before 0009 has no link: completing its occurrence again makes one more, once."""
+    engine = get_engine(app)
+    linked = create_task(title="linked", recurrence_pattern="daily", due_date="2026-05-01T08:00:00Z")
+    client.patch(f"/api/tasks/{linked['id']}/complete", headers=auth)
+    downgrade(engine, "0008")
+    assert current_revision(engine) == "0008"
+    assert "recurs_from" not in {column["name"] for column in inspect(engine).get_columns("task")}
+    assert "uq_task_recurs_from" not in task_indexes(engine)
+    with engine.begin() as connection:  # an occurrence completed, and its next occurrence, as 0008 made them
+        for title, completed, due in (("old", True, "2026-05-01 08:00:00"), ("old", False, "2026-05-02 08:00:00")):
+            connection.execute(
+                text(
+                    "INSERT INTO task (user_id, title, completed, priority, tags, created_at, updated_at, due_date,"
+                    " recurrence_pattern, reminder_sent, due_all_day) VALUES (:user_id, :title, :completed,"
+                    " 'medium', '[]', '2026-04-01 10:00:00', '2026-04-01 10:00:00', :due, 'daily', false, false)"
+                ),
+                {"user_id": user_id_of(app, token), "title": title, "completed": completed, "due": due},
+            )
+    upgrade(engine)
+    assert current_revision(engine) == HEAD
+    assert "uq_task_recurs_from" in task_indexes(engine)
+    with engine.connect() as connection:
+        links = connection.execute(text("SELECT title, recurs_from FROM task ORDER BY id")).all()
+    assert [tuple(link) for link in links] == [("linked", None)] * 2 + [("old", None)] * 2
+    old = [task for task in client.get("/api/tasks?q=old", headers=auth).get_json()["data"] if task["completed"]]
+    assert [task["due_date"] for task in old] == ["2026-05-01T08:00:00+00:00"]
+    answers = [client.patch(f"/api/tasks/{old[0]['id']}/complete", headers=auth).get_json() for _ in range(6)]
+    assert ["next_task" in answer for answer in answers] == [False, True, False, False, False, False]
+    listed = client.get("/api/tasks?q=old", headers=auth).get_json()["data"]
+    assert [(task["due_date"], task["completed"]) for task in listed] == [
+        ("2026-05-02T08:00:00+00:00", False),
+        ("2026-05-02T08:00:00+00:00", False),
+        ("2026-05-01T08:00:00+00:00", True),
+    ]

@@ -196,3 +196,36 @@ def test_a_custom_session_table_and_columns_are_configurable(fresh_database, bui
     listed = client.get("/api/tasks", headers=bearer(LIVE_TOKEN))
     assert (listed.status_code, listed.get_json()) == (200, {"data": [created.get_json()["data"]]})
     assert client.get("/api/tasks", headers=bearer("U" * 32)).status_code == 401
+
+
+def test_a_reference_task_made_recurring_gets_one_next_occurrence(fresh_database, build_app):
+    """The reference's rows are kept through the migrations, without a link; a task of theirs made recurring and
+    toggled five times has exactly one next occurrence."""
+    url, engine = fresh_database
+    with engine.begin() as connection:
+        connection.execute(text(REFERENCE_SCHEMA + USER_TABLE + SESSION_TABLE.format(zone="with")))
+        tomorrow = datetime.now(UTC) + timedelta(days=1)
+        connection.execute(text(INSERT_SESSION), {"token": LIVE_TOKEN, "expires_at": tomorrow})
+        task_ids = [connection.execute(text(INSERT_REFERENCE_TASK)).scalar_one() for _ in range(3)]
+    app = build_app(url)
+    init_db(app)
+    with engine.connect() as connection:
+        kept = connection.execute(text("SELECT id, title, recurs_from FROM task ORDER BY id")).all()
+        unique = connection.execute(text("SELECT indexdef FROM pg_indexes WHERE indexname = 'uq_task_recurs_from'"))
+        index = unique.scalar_one()
+    assert [tuple(row) for row in kept] == [(task_id, "From the reference", None) for task_id in task_ids]
+    assert index == "CREATE UNIQUE INDEX uq_task_recurs_from ON public.task USING btree (recurs_from)"
+
+    client, auth = app.test_client(), bearer(LIVE_TOKEN)
+    schedule = {"recurrence_pattern": "monthly", "due_date": "2026-01-31T09:00:00Z"}
+    made_recurring = client.put(f"/api/tasks/{task_ids[0]}", headers=auth, json=schedule)
+    assert (made_recurring.status_code, made_recurring.get_json()["data"]["is_recurring"]) == (200, True)
+    answers = [client.patch(f"/api/tasks/{task_ids[0]}/complete", headers=auth).get_json() for _ in range(5)]
+    assert ["next_task" in answer for answer in answers] == [True, False, False, False, False]
+    listed = client.get("/api/tasks", headers=auth).get_json()["data"]
+    assert [(task["id"], task["due_date"], task["completed"]) for task in listed] == [
+        (answers[0]["next_task"]["id"], "2026-02-28T09:00:00+00:00", False),
+        (task_ids[2], None, False),
+        (task_ids[1], None, False),
+        (task_ids[0], "2026-01-31T09:00:00+00:00", True),
+    ]

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from support import StatementLog
+
 
 def utc(text):
     return datetime.fromisoformat(text).astimezone(UTC).isoformat()
@@ -210,3 +212,126 @@ def test_concurrent_completions_create_one_next_occurrence(app, auth, create_tas
         ("2026-05-02T08:00:00+00:00", False),
         ("2026-05-01T08:00:00+00:00", True),
     ]
+
+
+# -- One next occurrence per occurrence ---------------------------------------------
+
+
+def listed(client, auth):
+    """(id, due date, completed) of every task of the caller, newest first."""
+    tasks = client.get("/api/tasks", headers=auth).get_json()["data"]
+    return [(task["id"], task["due_date"], task["completed"]) for task in tasks]
+
+
+def test_toggling_a_recurring_task_five_times_makes_one_next_occurrence(client, auth, create_task):
+    task = create_task(recurrence_pattern="daily", due_date="2026-05-01T08:00:00Z")
+    answers = [client.patch(f"/api/tasks/{task['id']}/complete", headers=auth) for _ in range(5)]
+    assert [answer.status_code for answer in answers] == [200] * 5
+    bodies = [answer.get_json() for answer in answers]
+    assert [body["data"]["completed"] for body in bodies] == [True, False, True, False, True]
+    assert ["next_task" in body for body in bodies] == [True, False, False, False, False]
+    following = bodies[0]["next_task"]
+    assert listed(client, auth) == [
+        (following["id"], "2026-05-02T08:00:00+00:00", False),
+        (task["id"], "2026-05-01T08:00:00+00:00", True),
+    ]
+
+
+def test_completing_again_by_every_route_makes_nothing_more(client, auth, create_task):
+    task = create_task(recurrence_pattern="weekly", due_date="2026-05-01T08:00:00Z")
+    path = f"/api/tasks/{task['id']}"
+    writes = [
+        ("PATCH", f"{path}/complete", {"completed": True}),
+        ("PATCH", f"{path}/complete", {"completed": False}),
+        ("PUT", path, {"completed": True, "title": "Again"}),
+        ("PUT", path, {"completed": False}),
+        ("PATCH", f"{path}/complete", None),
+        ("PATCH", f"{path}/complete", None),
+        ("PATCH", f"{path}/complete", {"completed": True}),
+        ("PATCH", f"{path}/complete", {"completed": True}),
+    ]
+    bodies = [client.open(url, method=method, headers=auth, json=body).get_json() for method, url, body in writes]
+    assert [body["data"]["completed"] for body in bodies] == [True, False, True, False, True, False, True, True]
+    assert ["next_task" in body for body in bodies] == [True, False, False, False, False, False, False, False]
+    following = bodies[0]["next_task"]
+    assert listed(client, auth) == [
+        (following["id"], "2026-05-08T08:00:00+00:00", False),
+        (task["id"], "2026-05-01T08:00:00+00:00", True),
+    ]
+
+
+def test_a_reopened_occurrence_moved_and_completed_again_keeps_its_next_occurrence(client, auth, create_task):
+    task = create_task(recurrence_pattern="daily", due_date="2026-05-01T08:00:00Z")
+    following = client.patch(f"/api/tasks/{task['id']}/complete", headers=auth).get_json()["next_task"]
+    client.patch(f"/api/tasks/{task['id']}/complete", headers=auth)
+    moved = client.put(f"/api/tasks/{task['id']}", headers=auth, json={"due_date": "2026-05-10T08:00:00Z"})
+    assert moved.status_code == 200
+    again = client.patch(f"/api/tasks/{task['id']}/complete", headers=auth).get_json()
+    assert (again["data"]["completed"], "next_task" in again) == (True, False)
+    assert listed(client, auth) == [
+        (following["id"], "2026-05-02T08:00:00+00:00", False),
+        (task["id"], "2026-05-10T08:00:00+00:00", True),
+    ]
+
+
+def test_a_deleted_next_occurrence_is_made_again_by_the_next_completion(client, auth, create_task):
+    task = create_task(recurrence_pattern="daily", due_date="2026-05-01T08:00:00Z")
+    first = client.patch(f"/api/tasks/{task['id']}/complete", headers=auth).get_json()["next_task"]
+    assert client.delete(f"/api/tasks/{first['id']}", headers=auth).status_code == 200
+    assert "next_task" not in client.patch(f"/api/tasks/{task['id']}/complete", headers=auth).get_json()  # reopened
+    remade = client.patch(f"/api/tasks/{task['id']}/complete", headers=auth).get_json()["next_task"]
+    assert (remade["due_date"], remade["completed"]) == ("2026-05-02T08:00:00+00:00", False)
+    for _ in range(3):
+        assert "next_task" not in client.patch(f"/api/tasks/{task['id']}/complete", headers=auth).get_json()
+    assert listed(client, auth) == [
+        (remade["id"], "2026-05-02T08:00:00+00:00", False),
+        (task["id"], "2026-05-01T08:00:00+00:00", False),
+    ]
+
+
+def test_each_occurrence_of_a_series_makes_its_own_one_next_occurrence(client, auth, create_task):
+    first = create_task(recurrence_pattern="daily", due_date="2026-05-01T08:00:00Z")
+    second = client.patch(f"/api/tasks/{first['id']}/complete", headers=auth).get_json()["next_task"]
+    third = client.patch(f"/api/tasks/{second['id']}/complete", headers=auth).get_json()["next_task"]
+    for task_id in (first["id"], second["id"], first["id"], second["id"]):
+        client.patch(f"/api/tasks/{task_id}/complete", headers=auth, json={"completed": False})
+        body = client.patch(f"/api/tasks/{task_id}/complete", headers=auth, json={"completed": True}).get_json()
+        assert "next_task" not in body
+    assert listed(client, auth) == [
+        (third["id"], "2026-05-03T08:00:00+00:00", False),
+        (second["id"], "2026-05-02T08:00:00+00:00", True),
+        (first["id"], "2026-05-01T08:00:00+00:00", True),
+    ]
+
+
+def test_a_completion_that_makes_nothing_takes_no_task_id(client, auth, create_task):
+    task = create_task(recurrence_pattern="daily", due_date="2026-05-01T08:00:00Z")
+    following = client.patch(f"/api/tasks/{task['id']}/complete", headers=auth).get_json()["next_task"]
+    for _ in range(6):
+        client.patch(f"/api/tasks/{task['id']}/complete", headers=auth)
+    assert create_task(title="after")["id"] == following["id"] + 1
+
+
+def test_completions_cost_the_statements_they_did(app, client, auth, create_task):
+    """A completion that makes nothing costs what one that makes the next occurrence does (its INSERT inserts
+    nothing); a plain task's toggle stays one statement."""
+    recurring = create_task(recurrence_pattern="daily", due_date="2026-05-01T08:00:00Z")
+    plain = create_task()
+    completing = ["UPDATE", "BEGIN", "SELECT", "UPDATE", "SELECT", "INSERT", "COMMIT"]
+    reopening = ["UPDATE", "BEGIN", "SELECT", "UPDATE", "COMMIT"]
+    writes = [
+        (recurring["id"], None, completing),
+        (recurring["id"], None, reopening),
+        (recurring["id"], {"completed": True}, completing),
+        (recurring["id"], None, reopening),
+        (plain["id"], None, ["UPDATE"]),
+        (plain["id"], None, ["UPDATE"]),
+    ]
+    log = StatementLog(app)
+    try:
+        for task_id, body, statements in writes:
+            log.statements.clear()
+            assert client.patch(f"/api/tasks/{task_id}/complete", headers=auth, json=body).status_code == 200
+            assert log.statements == statements, (task_id, body)
+    finally:
+        log.close()

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from support import FULL_TASK
 from todo_api.database import get_engine
 from todo_api.schemas import TaskSchema, task_output
-from todo_api.tables import task
+from todo_api.tables import SHOWN_TASK_COLUMNS, task
 
 VARIETY = [
     {"title": "plain"},
@@ -24,7 +24,7 @@ VARIETY = [
 
 def stored_row(app, task_id):
     with get_engine(app).connect() as connection:
-        return connection.execute(select(task).where(task.c.id == task_id)).one()
+        return connection.execute(select(*SHOWN_TASK_COLUMNS).where(task.c.id == task_id)).one()
 
 
 @pytest.mark.parametrize("fields", VARIETY)

@@ -44,7 +44,7 @@ from werkzeug.exceptions import ServiceUnavailable
 from .database import fetch, transaction
 from .json_provider import OPTIONS as JSON_OPTIONS
 from .schemas import ListQuery, WallClock, storable_text
-from .tables import MAX_TASK_ID, PRIORITIES, task
+from .tables import MAX_TASK_ID, PRIORITIES, SHOWN_TASK_COLUMNS, task
 from .task_store import SessionCheck, time_zone_name_sql, time_zone_of
 from .timezones import local_to_utc, utcnow
 
@@ -218,7 +218,7 @@ def list_statement(user_id, query: ListQuery, dialect, cursors):
     """The SELECT for one page (one row more than asked, to tell whether more follow)."""
     sort_by, descending = query.sort_by, query.descending
     statement = (
-        select(task)
+        select(*SHOWN_TASK_COLUMNS)
         .where(task.c.user_id == user_id, *filters(query, dialect, user_id))
         .order_by(*order_by(sort_by, descending))
         .limit(page_size(query) + 1)
@@ -249,7 +249,7 @@ def is_plain(query: ListQuery) -> bool:
 def plain_list_statement(status: str, sort_by: str, descending: bool, guard=None):
     """The SELECT of a plain list (`is_plain`), under the session's `guard` if given: its parameters are
     `owner_id`, `page_limit` (one more than the page) and the guard's. Built once per shape (30 at most)."""
-    statement = select(task).where(task.c.user_id == bindparam("owner_id"))
+    statement = select(*SHOWN_TASK_COLUMNS).where(task.c.user_id == bindparam("owner_id"))
     if status != "all":
         statement = statement.where(task.c.completed.is_(status == "completed"))
     if guard is not None:

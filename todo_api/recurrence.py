@@ -3,6 +3,16 @@
 A recurring task needs a due date. Completing it (by toggle, `completed: true`
 or PUT) creates its next occurrence in the same transaction (see
 `task_store.write_task`); the rules for where that falls are `next_occurrence`'s.
+
+Each occurrence has one next occurrence at most. The next occurrence records
+the occurrence it came from (`task.recurs_from`, under a unique index), so the
+database itself refuses a second one: reopening an occurrence leaves its next
+occurrence as it is, and completing it again creates nothing, however often
+and however concurrently it is toggled, completed or reopened. If the user
+deleted the next occurrence, the next completion of the occurrence creates it
+anew: a completed occurrence always ends up with its next one. Edits of an
+occurrence after its next one exists (its due date, its pattern) do not move
+or replace that next one.
 """
 
 from datetime import datetime
@@ -25,7 +35,7 @@ RECURRING_NEEDS_DUE_DATE = "A recurring task needs a due date."
 
 
 def next_occurrence(row: Row, time_zone: ZoneInfo) -> dict[str, Any] | None:
-    """The column values of a recurring task's next occurrence.
+    """The column values of a recurring task's next occurrence; `recurs_from` links it to the task.
 
     The due date moves on the wall clock of the user's zone, so a weekly 09:00
     stays 09:00 across daylight-saving changes, also for a task given with an
@@ -64,6 +74,7 @@ def next_occurrence(row: Row, time_zone: ZoneInfo) -> dict[str, Any] | None:
         "reminder_sent": False,
         "created_at": now,
         "updated_at": now,
+        "recurs_from": row.id,
     }
 
 

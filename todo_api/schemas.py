@@ -14,7 +14,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, val
 
 from . import webpush
 from .recurrence import RECURRENCE_PATTERNS, RECURRING_NEEDS_DUE_DATE
-from .tables import PRIORITIES, task
+from .tables import PRIORITIES, SHOWN_TASK_COLUMNS
 from .timezones import TIME_ZONES, naive_utc
 
 TITLE_MAX = 255
@@ -277,15 +277,15 @@ class TaskSchema(Schema):
     reminder_sent = fields.Boolean(required=True)
 
 
-TASK_COLUMNS = tuple(column.key for column in task.c)
+TASK_COLUMNS = tuple(column.key for column in SHOWN_TASK_COLUMNS)
 
 
 def task_output(row):
     """What `TaskSchema().dump(row)` gives, without marshmallow's per-field dispatch.
 
     Listing is the hot path, and dumping through marshmallow cost more than the
-    whole database round trip. `row` holds the task table's columns in order
-    (as `select(task)` and `RETURNING` every column give them), already of the
+    whole database round trip. `row` holds the task's shown columns in order
+    (as the task store's SELECTs and RETURNINGs give them), already of the
     output types; its naive UTC timestamps are written with an offset by the
     JSON provider, and a wall-clock value replaces its instant, written without
     one. The tests check that both give the same JSON for every kind of task.
@@ -510,7 +510,7 @@ class TaskEnvelopeSchema(Schema):
 
 
 class ChangedTaskEnvelopeSchema(TaskEnvelopeSchema):
-    """A changed task; completing a recurring task adds its next occurrence."""
+    """A changed task; a completion that created a recurring task's next occurrence adds it."""
 
     next_task = fields.Nested(TaskSchema)
 

@@ -62,7 +62,13 @@ task = Table(
     Column("due_all_day", Boolean, nullable=False),
     Column("due_local", DateTime),
     Column("remind_local", DateTime),
+    # On a next occurrence: the id of the occurrence whose completion made it. A unique index holds it, so an
+    # occurrence has one next occurrence at most (migration 0009). A plain id, without a foreign key.
+    Column("recurs_from", Integer),
 )
+# The columns a task is read and shown with: all but `recurs_from`, which only the completion that makes a next
+# occurrence names.
+SHOWN_TASK_COLUMNS = tuple(column for column in task.c if column is not task.c.recurs_from)
 
 
 class next_version(FunctionElement):

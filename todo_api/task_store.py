@@ -9,7 +9,8 @@ Rules every function here keeps:
   write: first a single statement (UPDATE or DELETE ... RETURNING, If-Match
   checked in its WHERE clause, so nothing comes between check and change),
   else a transaction that locks the row, checks the version on it, applies
-  the rules that span fields and creates a recurring task's next occurrence.
+  the rules that span fields and creates a recurring task's next occurrence
+  (once per occurrence: `_insert_next_occurrence`).
 - Every write moves `updated_at`, the task's version, strictly forward
   (`tables.next_version`).
 - Statements are built once: at import, or cached by what varies (the set of
@@ -30,14 +31,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from marshmallow import ValidationError
-from sqlalchemy import DateTime, and_, bindparam, case, delete, false, func, insert, not_, or_, select, update
+from sqlalchemy import DateTime, and_, bindparam, case, delete, exists, false, func, insert, not_, or_, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import ColumnElement, Executable
 from werkzeug.exceptions import NotFound, PreconditionFailed
 
 from .database import fetch, per_dialect, transaction
 from .recurrence import RECURRING_NEEDS_DUE_DATE, next_occurrence
-from .tables import MAX_TASK_ID, next_version, task, user_settings
+from .tables import MAX_TASK_ID, SHOWN_TASK_COLUMNS, next_version, task, user_settings
 from .timezones import DEFAULT_TIME_ZONE, local_to_utc, utcnow, zone
 
 Versions = frozenset[datetime] | None
@@ -45,7 +46,7 @@ Versions = frozenset[datetime] | None
 Values = dict[str, Any]
 """Column name to value."""
 Written = tuple[Row, Row | None]
-"""A task as written, and the next occurrence that completing it created, if any."""
+"""A task as written, and the next occurrence that completing it created, if it created one."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def _owned(statement):
 
 _NEXT_VERSION = next_version(task.c.updated_at, bindparam("now", type_=DateTime))
 
-_INSERT = insert(task).returning(*task.c)
+_INSERT = insert(task).returning(*SHOWN_TASK_COLUMNS)
 # A create with a wall-clock due date or reminder: their instants are computed in the
 # statement, in the owner's zone. `given_*` carry either an instant or a wall-clock time.
 _OWNER_TIME_ZONE = time_zone_name_sql(bindparam("owner_id"))
@@ -171,9 +172,9 @@ _ON_THE_WALL_CLOCK = {
     ),
     "remind_local": bindparam("given_remind_local", type_=DateTime),
 }
-_INSERT_ON_THE_WALL_CLOCK = insert(task).values(_ON_THE_WALL_CLOCK).returning(*task.c)
+_INSERT_ON_THE_WALL_CLOCK = insert(task).values(_ON_THE_WALL_CLOCK).returning(*SHOWN_TASK_COLUMNS)
 _GIVEN = {name: f"given_{name}" for name in ("due_date", "due_local", "remind_at", "remind_local")}
-_SELECT = _owned(select(task))
+_SELECT = _owned(select(*SHOWN_TASK_COLUMNS))
 _SELECT_FOR_UPDATE = _SELECT.with_for_update()
 _DELETE = _owned(delete(task)).returning(task.c.id)
 _NOT_RECURRING = task.c.recurrence_pattern.is_(None)
@@ -182,24 +183,46 @@ _TOGGLE_UNLESS_RECURRING = (
     _owned(update(task))
     .where(_NOT_RECURRING)
     .values(completed=not_(task.c.completed), updated_at=_NEXT_VERSION)
-    .returning(*task.c)
+    .returning(*SHOWN_TASK_COLUMNS)
 )
+
+
+def _insert_next_occurrence(dialect_insert):
+    """INSERT a recurring task's next occurrence (`recurrence.next_occurrence`'s values, `recurs_from` the task's
+    id) unless the task has one; returns the row inserted, or none.
+
+    The unique index on `recurs_from` is what guarantees one next occurrence per occurrence: a second insert for
+    the same occurrence does nothing (ON CONFLICT), whatever the order of completions and reopenings. NOT EXISTS
+    leaves the statement without a row to insert when the next occurrence exists, so that a completion that
+    makes nothing does not take an id from the task table's sequence (Postgres draws it before it sees the
+    conflict). The completing transaction holds the task's row lock, so the NOT EXISTS sees any next occurrence
+    that another completion of the same task made.
+    """
+    columns = [column for column in task.c if column.name != "id"]
+    made = task.alias("made")
+    has_one = exists().where(made.c.recurs_from == bindparam("recurs_from"), made.c.user_id == bindparam("user_id"))
+    values = select(*[bindparam(column.name, type_=column.type) for column in columns]).where(~has_one)
+    statement = dialect_insert(task).from_select(columns, values)
+    return statement.on_conflict_do_nothing(index_elements=[task.c.recurs_from]).returning(*SHOWN_TASK_COLUMNS)
+
+
+_INSERT_NEXT_OCCURRENCE = per_dialect(_insert_next_occurrence)
 
 
 @functools.cache
 def _insert_checked(guard, on_the_wall_clock: bool):
     """INSERT ... SELECT: the task is inserted only when `guard` (the caller's session) holds."""
-    columns = [column for column in task.c if column.name != "id"]
+    columns = [column for column in SHOWN_TASK_COLUMNS if column.name != "id"]
     given = _ON_THE_WALL_CLOCK if on_the_wall_clock else {}
     values = [given.get(column.name, bindparam(column.name, type_=column.type)) for column in columns]
-    return insert(task).from_select(columns, select(*values).where(guard)).returning(*task.c)
+    return insert(task).from_select(columns, select(*values).where(guard)).returning(*SHOWN_TASK_COLUMNS)
 
 
 @functools.cache
 def _update(fields: frozenset[str]):
     """UPDATE one task: the `fields` (bound by their names) and its next version; returns the row."""
     values = {name: bindparam(name, type_=task.c[name].type) for name in fields}
-    return _owned(update(task)).values({**values, "updated_at": _NEXT_VERSION}).returning(*task.c)
+    return _owned(update(task)).values({**values, "updated_at": _NEXT_VERSION}).returning(*SHOWN_TASK_COLUMNS)
 
 
 @functools.cache
@@ -226,7 +249,7 @@ def _update_moving_the_reminder(fields: frozenset[str], recurrence_sent: bool):
     sent = case((or_(*moves), false()), else_=task.c.reminder_sent)
     values = {name: bindparam(name, type_=task.c[name].type) for name in fields}
     statement = _owned(update(task)).values({**values, "reminder_sent": sent, "updated_at": _NEXT_VERSION})
-    statement = statement.returning(*task.c)
+    statement = statement.returning(*SHOWN_TASK_COLUMNS)
     return statement if recurrence_sent else statement.where(_NOT_RECURRING)
 
 
@@ -318,7 +341,7 @@ def _write_locked(
     Checks If-Match's versions on the locked row, checks rules that span fields
     (a recurring task needs a due date), clears `reminder_sent` when the
     reminder moves (see `reminder_moved`), and when a recurring task becomes
-    completed, creates its next occurrence.
+    completed, creates its next occurrence unless it has one.
     """
     with transaction(db):
         current = _found(owned_row(db, _SELECT_FOR_UPDATE, user_id, task_id, session=session))
@@ -338,10 +361,18 @@ def _write_locked(
         row = _found(owned_row(db, _update(frozenset(changes)), user_id, task_id, {**changes, "now": utcnow()}))
         next_task = None
         if row.completed and not current.completed and row.recurrence_pattern:
-            upcoming = next_occurrence(row, time_zone())
-            if upcoming is not None:
-                next_task = db.execute(_INSERT, upcoming).one()
+            next_task = _make_next_occurrence(db, row, time_zone())
     return row, next_task
+
+
+def _make_next_occurrence(db: Connection, row: Row, time_zone: ZoneInfo) -> Row | None:
+    """Insert the next occurrence of `row`, a recurring task just completed: None when it has one already
+    (made by an earlier completion), or when the series ends with the calendar (see `next_occurrence`)."""
+    upcoming = next_occurrence(row, time_zone)
+    if upcoming is None:
+        return None
+    rows = fetch(db, _INSERT_NEXT_OCCURRENCE[db.dialect.name], upcoming)
+    return rows[0] if rows else None
 
 
 def reminder_moved(current: Row, after: Values) -> bool:

@@ -46,7 +46,8 @@ LIST_DESCRIPTION = (
 TASK_LIST = response("One page of tasks.", TaskListEnvelopeSchema)
 TASK = response("The task.", TaskEnvelopeSchema)
 CHANGED_TASK = response(
-    "The task; completing a recurring task adds `next_task`, its next occurrence.", ChangedTaskEnvelopeSchema
+    "The task; a completion that creates a recurring task's next occurrence adds it as `next_task`.",
+    ChangedTaskEnvelopeSchema,
 )
 
 
@@ -219,7 +220,8 @@ def get_task(task_id):
 @bp.put("/tasks/<int(signed=True):task_id>")
 @operation(
     "Update a task",
-    description="Only the fields sent change. Completing a recurring task creates its next occurrence.",
+    description="Only the fields sent change. Completing a recurring task creates its next occurrence, once: "
+    "completing it again after reopening it creates nothing, unless its next occurrence was deleted.",
     body=request_body(task_update_schema, "Any task fields, and `completed`."),
     response=CHANGED_TASK,
     etag=True,
@@ -248,7 +250,8 @@ def delete_task(task_id):
 @operation(
     "Complete, reopen or toggle a task",
     description='Without a body, toggles `completed`; `{"completed": true|false}` sets it, so a retry cannot flip '
-    "it back. Completing a recurring task creates its next occurrence.",
+    "it back. Completing a recurring task creates its next occurrence, once: completing it again after reopening "
+    "it creates nothing, unless its next occurrence was deleted.",
     body=request_body(completion_schema, "Optional: the completion to set.", required=False),
     response=CHANGED_TASK,
     etag=True,

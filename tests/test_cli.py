@@ -1,15 +1,18 @@
 """The command-line tools: `init-db`, `db ...` and `create-session`."""
 
+import http.client
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from sqlalchemy import delete, func, inspect, select
 
-from support import base_config, sessions_of
-from todo_api import create_app
+from support import base_config, free_port, sessions_of
+from todo_api import MISSING_DATABASE_URL, create_app
 from todo_api.database import get_engine
 from todo_api.tables import idempotency_key, task, user, user_settings
 
@@ -90,14 +93,15 @@ DEVELOPMENT_WARNING = (
 )
 
 
-def flask_command(tmp_path, *args):
-    """`flask --app todo_api ...` as on a fresh clone: no secret, no FLASK_DEBUG, no .env."""
+def flask_command(tmp_path, *args, **environment):
+    """`flask --app todo_api ...` as on a fresh clone: no secret, no FLASK_DEBUG, no .env; `environment` over that."""
     env = {
         name: value
         for name, value in os.environ.items()
         if name not in {"SECRET_KEY", "BETTER_AUTH_SECRET", "FLASK_DEBUG", "DATABASE_URL"}
     }
     env.update(PYTHONPATH=REPO, FLASK_SKIP_DOTENV="1", DATABASE_URL=f"sqlite:///{tmp_path / 'fresh.sqlite'}")
+    env.update(environment)
     command = [sys.executable, "-m", "flask", "--app", "todo_api", *args]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
 
@@ -120,6 +124,49 @@ def test_flask_run_without_a_secret_or_debug_refuses_to_start(tmp_path):
         .splitlines()[-1]
         .startswith("RuntimeError: SECRET_KEY or BETTER_AUTH_SECRET must be set: page cursors are signed with it")
     )
+
+
+def test_flask_run_without_a_database_url_or_debug_refuses_to_start(tmp_path):
+    done = flask_command(tmp_path, "run", "--port", "0", DATABASE_URL="", SECRET_KEY="k" * 32)
+    assert done.returncode == 1
+    assert done.stderr.rstrip().splitlines()[-1] == f"RuntimeError: {MISSING_DATABASE_URL}"
+
+
+def test_make_run_serves_on_sqlite_without_a_database_url_or_a_secret(tmp_path):
+    """`make run`'s development server (with its reloader): SQLite in `instance/`, the development secret, and the
+    frontend's development server let in by default."""
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if name not in {"SECRET_KEY", "BETTER_AUTH_SECRET"}}
+    env.update(PYTHONPATH=REPO, FLASK_SKIP_DOTENV="1", DATABASE_URL="", CORS_ORIGINS="", FLASK_DEBUG="1")
+    command = [sys.executable, "-m", "flask", "--app", "todo_api", "run", "--port", str(port)]
+    server = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        response = first_answer(server, port, "/health", {"Origin": "http://localhost:3000"})
+        assert (response.status, response.getheader("Access-Control-Allow-Origin")) == (200, "http://localhost:3000")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
+    assert DEVELOPMENT_WARNING in server.stderr.read().decode()
+
+
+def first_answer(server, port, path, headers, timeout=30):
+    """The first answer of a server that is starting on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.stderr.read().decode()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            return response
+        except OSError:
+            time.sleep(0.1)
+        finally:
+            connection.close()
+    raise AssertionError(f"no answer on port {port} within {timeout} s")
 
 
 # -- Erasing the rows of deleted users ----------------------------------------

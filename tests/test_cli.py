@@ -320,3 +320,47 @@ def test_schema_commands_fail_when_the_migration_url_does_not_answer(empty_postg
         assert inspect(get_engine(app)).get_table_names() == []
     finally:
         get_engine(app).dispose()
+
+
+# -- create-session where Better Auth's tables are missing ------------------------------------
+
+
+NO_AUTH_TABLES = (
+    "Error: Better Auth's tables are not in this database (it lacks table user, table session): run Better Auth's "
+    "migrations (`npx @better-auth/cli migrate`), or for development `flask --app todo_api init-db --auth-tables`.\n"
+)
+
+
+@pytest.fixture
+def without_auth_tables(backend, request, tmp_path):
+    """The URL of a new database of this backend, migrated without Better Auth's tables (through PgBouncer: the
+    pooled URL; the migrations ran on the direct one)."""
+    if backend == "sqlite":
+        url = direct_url = f"sqlite:///{tmp_path / 'fresh.sqlite'}"
+    else:
+        direct_url = request.getfixturevalue("empty_postgres_url")
+        url = request.getfixturevalue("pooler").url(direct_url) if backend == "pgbouncer" else direct_url
+    migrating = create_app(base_config(direct_url))
+    try:
+        assert run(migrating, "init-db", "--no-auth-tables")[0] == 0
+    finally:
+        get_engine(migrating).dispose()
+    return url
+
+
+def test_create_session_without_better_auths_tables_says_what_to_run(without_auth_tables):
+    app = create_app(base_config(without_auth_tables))
+    try:
+        assert run(app, "create-session", "me@example.com") == (1, NO_AUTH_TABLES)
+        assert "user" not in inspect(get_engine(app)).get_table_names()
+    finally:
+        get_engine(app).dispose()
+
+
+@pytest.mark.backends("postgres")
+def test_the_create_session_command_says_it_in_one_line_without_a_traceback(without_auth_tables, tmp_path):
+    """As an operator runs it, on a Postgres where Better Auth's migrations have not run."""
+    done = flask_command(
+        tmp_path, "create-session", "me@example.com", DATABASE_URL=without_auth_tables, SECRET_KEY="k" * 32
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", NO_AUTH_TABLES)

@@ -37,16 +37,29 @@ def migrated_tables():
     return [table(t.name, *(column(c.name) for c in t.c)) for t in tables.metadata.sorted_tables]
 
 
-def session_columns(config):
-    """Better Auth's session table, with the columns the session lookup reads."""
-    names = (config[name] for name in ("SESSION_TOKEN_COLUMN", "SESSION_USER_ID_COLUMN", "SESSION_EXPIRES_AT_COLUMN"))
-    return table(config["SESSION_TABLE"], *(column(name) for name in names))
+def session_names(config):
+    """Better Auth's session table, and the columns of it the session lookup reads, as configured."""
+    return tuple(
+        config[name]
+        for name in ("SESSION_TABLE", "SESSION_TOKEN_COLUMN", "SESSION_USER_ID_COLUMN", "SESSION_EXPIRES_AT_COLUMN")
+    )
+
+
+def session_columns(names):
+    """Better Auth's session table, with the columns the session lookup reads (`session_names`)."""
+    session_table, *columns = names
+    return table(session_table, *(column(name) for name in columns))
 
 
 def readiness_probe(config):
     """The one statement of the readiness probe: the revisions in `alembic_version` (one row), answered only when
-    every table and column the service reads is there."""
-    needed = [*migrated_tables(), session_columns(config)]
+    every table and column the service reads is there. Built once per set of session names."""
+    return probe_for_sessions(session_names(config))
+
+
+@functools.lru_cache(maxsize=4)
+def probe_for_sessions(names):
+    needed = [*migrated_tables(), session_columns(names)]
     return select(alembic_version.c.version_num, *(select(*t.c).where(false()).exists() for t in needed))
 
 
@@ -96,7 +109,7 @@ def missing_problem(connection: Connection, config):
     missing = missing_parts(connection, [alembic_version, *migrated_tables()])
     if missing:
         sentences.append(f"The database lacks {', '.join(missing)}: {UPGRADE}.")
-    missing = missing_parts(connection, [session_columns(config)])
+    missing = missing_parts(connection, [session_columns(session_names(config))])
     if missing:
         sentences.append(
             f"The database lacks Better Auth's {', '.join(missing)}: {BETTER_AUTH_MIGRATE}, or set SESSION_TABLE and "

@@ -4,13 +4,17 @@ import logging
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
+import click
 import pytest
+from flask.cli import run_command
 from sqlalchemy import text
 
 from support import SECRET, base_config, delete_session, expire_session
 from todo_api import create_app
 from todo_api.auth import sign
 from todo_api.database import get_engine
+from todo_api.mode import Mode
+from todo_api.state import app_state
 
 API_ROUTES = [
     ("GET", "/api/tasks"),
@@ -163,6 +167,50 @@ def test_bad_signature_is_401(secret_client, secret_token, credential):
 def test_signed_token_without_a_configured_secret_uses_the_token_part(client, token):
     response = client.get("/api/tasks", headers={"Authorization": f"Bearer {signed(token, 'whatever')}"})
     assert response.status_code == 200
+
+
+PRODUCTION_KEY = "production-key-0123456789abcdef"
+# Signed forms of a token, each with a signature of the wrong secret or none at all; and Better Auth's own.
+WRONGLY_SIGNED = {
+    "another-secrets": lambda t: f"{t}.{sign(t, 'whatever')}",
+    "garbage": lambda t: f"{t}.anything",
+    "empty": lambda t: f"{t}.",
+}
+UNCHECKED_SIGNATURES = [*WRONGLY_SIGNED.values(), lambda t: quote(signed(t), safe="")]
+UNCHECKED_IDS = [*WRONGLY_SIGNED, "better-auths-url-encoded"]
+
+
+@pytest.mark.parametrize("credential", UNCHECKED_SIGNATURES, ids=UNCHECKED_IDS)
+@pytest.mark.parametrize("debug", [False, True], ids=["production", "production-with-flask-debug"])
+def test_in_production_a_signature_nothing_can_check_is_refused(make_app, token, monkeypatch, credential, debug):
+    """Without BETTER_AUTH_SECRET, `<token>.<anything>` would be the raw token with a signature nobody checked:
+    refused, even with FLASK_DEBUG set (gunicorn with FLASK_DEBUG is production all the same). The raw token
+    itself is Better Auth's credential too, and is accepted."""
+    if debug:
+        monkeypatch.setenv("FLASK_DEBUG", "1")
+    app = make_app(TESTING=False, SECRET_KEY=PRODUCTION_KEY)
+    assert (app.debug, app_state(app).mode) == (debug, Mode.PRODUCTION)
+    client = app.test_client()
+    assert_401(client.get("/api/tasks", headers={"Authorization": f"Bearer {credential(token)}"}))
+    response = client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})
+    assert (response.status_code, response.get_json()) == (200, {"data": []})
+
+
+def test_in_production_with_the_secret_signatures_are_checked(make_app, token):
+    client = make_app(TESTING=False, BETTER_AUTH_SECRET=SECRET).test_client()
+    response = client.get("/api/tasks", headers={"Authorization": f"Bearer {signed(token)}"})
+    assert (response.status_code, response.get_json()) == (200, {"data": []})
+    for credential in WRONGLY_SIGNED.values():
+        assert_401(client.get("/api/tasks", headers={"Authorization": f"Bearer {credential(token)}"}))
+
+
+@pytest.mark.parametrize("credential", UNCHECKED_SIGNATURES, ids=UNCHECKED_IDS)
+def test_the_development_server_looks_up_the_token_part_without_a_secret(make_app, token, credential):
+    with click.Context(run_command):
+        app = make_app(TESTING=False, DEBUG=True)
+    assert app_state(app).mode is Mode.DEVELOPMENT
+    response = app.test_client().get("/api/tasks", headers={"Authorization": f"Bearer {credential(token)}"})
+    assert (response.status_code, response.get_json()) == (200, {"data": []})
 
 
 @pytest.mark.parametrize("name", ["better-auth.session_token", "__Secure-better-auth.session_token"])

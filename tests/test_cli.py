@@ -1,15 +1,18 @@
 """The command-line tools: `init-db`, `db ...` and `create-session`."""
 
+import http.client
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from sqlalchemy import delete, func, inspect, select
 
-from support import base_config, sessions_of
-from todo_api import create_app
+from support import base_config, free_port, sessions_of
+from todo_api import MISSING_DATABASE_URL, create_app
 from todo_api.database import get_engine
 from todo_api.tables import idempotency_key, task, user, user_settings
 
@@ -90,14 +93,15 @@ DEVELOPMENT_WARNING = (
 )
 
 
-def flask_command(tmp_path, *args):
-    """`flask --app todo_api ...` as on a fresh clone: no secret, no FLASK_DEBUG, no .env."""
+def flask_command(tmp_path, *args, **environment):
+    """`flask --app todo_api ...` as on a fresh clone: no secret, no FLASK_DEBUG, no .env; `environment` over that."""
     env = {
         name: value
         for name, value in os.environ.items()
         if name not in {"SECRET_KEY", "BETTER_AUTH_SECRET", "FLASK_DEBUG", "DATABASE_URL"}
     }
     env.update(PYTHONPATH=REPO, FLASK_SKIP_DOTENV="1", DATABASE_URL=f"sqlite:///{tmp_path / 'fresh.sqlite'}")
+    env.update(environment)
     command = [sys.executable, "-m", "flask", "--app", "todo_api", *args]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
 
@@ -120,6 +124,49 @@ def test_flask_run_without_a_secret_or_debug_refuses_to_start(tmp_path):
         .splitlines()[-1]
         .startswith("RuntimeError: SECRET_KEY or BETTER_AUTH_SECRET must be set: page cursors are signed with it")
     )
+
+
+def test_flask_run_without_a_database_url_or_debug_refuses_to_start(tmp_path):
+    done = flask_command(tmp_path, "run", "--port", "0", DATABASE_URL="", SECRET_KEY="k" * 32)
+    assert done.returncode == 1
+    assert done.stderr.rstrip().splitlines()[-1] == f"RuntimeError: {MISSING_DATABASE_URL}"
+
+
+def test_make_run_serves_on_sqlite_without_a_database_url_or_a_secret(tmp_path):
+    """`make run`'s development server (with its reloader): SQLite in `instance/`, the development secret, and the
+    frontend's development server let in by default."""
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if name not in {"SECRET_KEY", "BETTER_AUTH_SECRET"}}
+    env.update(PYTHONPATH=REPO, FLASK_SKIP_DOTENV="1", DATABASE_URL="", CORS_ORIGINS="", FLASK_DEBUG="1")
+    command = [sys.executable, "-m", "flask", "--app", "todo_api", "run", "--port", str(port)]
+    server = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        response = first_answer(server, port, "/health", {"Origin": "http://localhost:3000"})
+        assert (response.status, response.getheader("Access-Control-Allow-Origin")) == (200, "http://localhost:3000")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
+    assert DEVELOPMENT_WARNING in server.stderr.read().decode()
+
+
+def first_answer(server, port, path, headers, timeout=30):
+    """The first answer of a server that is starting on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.stderr.read().decode()
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            return response
+        except OSError:
+            time.sleep(0.1)
+        finally:
+            connection.close()
+    raise AssertionError(f"no answer on port {port} within {timeout} s")
 
 
 # -- Erasing the rows of deleted users ----------------------------------------
@@ -273,3 +320,47 @@ def test_schema_commands_fail_when_the_migration_url_does_not_answer(empty_postg
         assert inspect(get_engine(app)).get_table_names() == []
     finally:
         get_engine(app).dispose()
+
+
+# -- create-session where Better Auth's tables are missing ------------------------------------
+
+
+NO_AUTH_TABLES = (
+    "Error: Better Auth's tables are not in this database (it lacks table user, table session): run Better Auth's "
+    "migrations (`npx @better-auth/cli migrate`), or for development `flask --app todo_api init-db --auth-tables`.\n"
+)
+
+
+@pytest.fixture
+def without_auth_tables(backend, request, tmp_path):
+    """The URL of a new database of this backend, migrated without Better Auth's tables (through PgBouncer: the
+    pooled URL; the migrations ran on the direct one)."""
+    if backend == "sqlite":
+        url = direct_url = f"sqlite:///{tmp_path / 'fresh.sqlite'}"
+    else:
+        direct_url = request.getfixturevalue("empty_postgres_url")
+        url = request.getfixturevalue("pooler").url(direct_url) if backend == "pgbouncer" else direct_url
+    migrating = create_app(base_config(direct_url))
+    try:
+        assert run(migrating, "init-db", "--no-auth-tables")[0] == 0
+    finally:
+        get_engine(migrating).dispose()
+    return url
+
+
+def test_create_session_without_better_auths_tables_says_what_to_run(without_auth_tables):
+    app = create_app(base_config(without_auth_tables))
+    try:
+        assert run(app, "create-session", "me@example.com") == (1, NO_AUTH_TABLES)
+        assert "user" not in inspect(get_engine(app)).get_table_names()
+    finally:
+        get_engine(app).dispose()
+
+
+@pytest.mark.backends("postgres")
+def test_the_create_session_command_says_it_in_one_line_without_a_traceback(without_auth_tables, tmp_path):
+    """As an operator runs it, on a Postgres where Better Auth's migrations have not run."""
+    done = flask_command(
+        tmp_path, "create-session", "me@example.com", DATABASE_URL=without_auth_tables, SECRET_KEY="k" * 32
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", NO_AUTH_TABLES)

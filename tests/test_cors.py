@@ -1,8 +1,11 @@
 """CORS: the browser frontend's origin may call the API with credentials; others may not."""
 
+import click
 import pytest
+from flask.cli import run_command
 
 FRONTEND = "http://localhost:3000"
+KEY = "production-key-0123456789abcdef"
 
 
 def preflight(client, origin):
@@ -116,3 +119,68 @@ def test_an_invalid_regex_entry_stops_the_app_with_the_variable_named(make_app):
 def test_the_wildcard_still_allows_any_origin(make_app, auth):
     client = make_app(CORS_ORIGINS=["*"]).test_client()
     assert allowed_origin(client, "https://anywhere.example", auth) == "https://anywhere.example"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "https://app.example.com/",
+        "https://app.example.com/path",
+        "https://app.example.com?",
+        "https://app.example.com#top",
+        "https://user@app.example.com",
+        "https://app.example.com:port",
+        "app.example.com",
+        "localhost:3000",
+        "null",
+    ],
+)
+def test_a_literal_entry_that_is_no_origin_stops_the_app_with_the_variable_named(make_app, entry):
+    """A browser's Origin is scheme://host[:port]: an entry with a trailing slash would silently never match."""
+    with pytest.raises(RuntimeError) as raised:
+        make_app(CORS_ORIGINS=[entry])
+    assert str(raised.value) == (
+        f"CORS_ORIGINS has an invalid origin {entry!r}: an origin is scheme://host or scheme://host:port, "
+        "with nothing after it"
+    )
+
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin",
+    "Access-Control-Allow-Credentials",
+    "Access-Control-Allow-Methods",
+    "Access-Control-Allow-Headers",
+    "Access-Control-Expose-Headers",
+    "Access-Control-Max-Age",
+}
+
+
+def cors_headers(response):
+    return CORS_HEADERS.intersection(response.headers.keys())
+
+
+def test_in_production_without_cors_origins_no_origin_is_allowed(make_app, auth):
+    """`http://localhost:3000` is the default in development only: in production an unset CORS_ORIGINS lets no
+    browser page of another origin read any answer, its own address's pages included."""
+    app = make_app(TESTING=False, SECRET_KEY=KEY, CORS_ORIGINS=None)
+    assert app.config["CORS_ORIGINS"] == []
+    client = app.test_client()
+    for origin in [FRONTEND, "https://evil.example"]:
+        answers = [
+            (preflight(client, origin), 200),
+            (client.get("/api/tasks", headers={"Origin": origin, **auth}), 200),
+            (client.get("/api/tasks", headers={"Origin": origin}), 401),
+            (client.get("/", headers={"Origin": origin}), 200),
+        ]
+        for response, status in answers:
+            assert (response.status_code, cors_headers(response)) == (status, set())
+
+
+def test_in_development_the_frontends_development_server_is_allowed_by_default(make_app, auth):
+    with click.Context(run_command):
+        app = make_app(TESTING=False, DEBUG=True, CORS_ORIGINS=None)
+    assert app.config["CORS_ORIGINS"] == [FRONTEND]
+    response = app.test_client().get("/api/tasks", headers={"Origin": FRONTEND, **auth})
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == FRONTEND
+    assert response.headers["Access-Control-Allow-Credentials"] == "true"

@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from flask import request
 
 NOT_FOUND = (
     "The requested URL was not found on the server. If you entered the URL manually please check your spelling and "
@@ -97,3 +98,67 @@ def test_every_other_answer_is_nosniff_and_varies_by_origin_and_keeps_its_cachin
     assert (response.status_code, response.headers.get("Cache-Control")) == (status, cache_control)
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers.getlist("Vary") == ["Origin"]
+
+
+# -- Client addresses behind a platform's router ------------------------------------------------------------------
+
+# Every request reaches a web process on Heroku or Render from the platform's router. (Addresses are only written
+# into the WSGI environ and headers here: nothing connects to them.)
+ROUTER = "10.1.2.3"
+PLATFORMS = {"DYNO": "web.1", "RENDER": "true"}
+CLIENTS = [f"198.51.100.{number}" for number in range(1, 6)]
+
+
+@pytest.fixture
+def platform(monkeypatch):
+    """`platform(variable)`: the environment as Heroku (DYNO) or Render (RENDER) sets it; None: neither."""
+
+    def set_platform(variable):
+        for name in [*PLATFORMS, "TRUSTED_PROXY_HOPS"]:
+            monkeypatch.delenv(name, raising=False)
+        if variable is not None:
+            monkeypatch.setenv(variable, PLATFORMS[variable])
+
+    return set_platform
+
+
+def through_router(client, path, client_address, sent=None):
+    """A request as the router hands it over: from the router's address, the client's own address appended to
+    X-Forwarded-For, after whatever the client sent in that header (`sent`)."""
+    forwarded = f"{sent}, {client_address}" if sent else client_address
+    return client.get(path, headers={"X-Forwarded-For": forwarded}, environ_base={"REMOTE_ADDR": ROUTER})
+
+
+@pytest.mark.backends("sqlite")
+@pytest.mark.parametrize("variable", list(PLATFORMS))
+def test_behind_heroku_or_renders_router_the_client_is_the_address_it_appended(make_app, platform, variable):
+    platform(variable)
+    app = make_app()
+    app.add_url_rule("/address", "address", lambda: {"address": request.remote_addr})
+    client = app.test_client()
+    for sent in [None, "203.0.113.9", "203.0.113.9, 192.0.2.1", "unknown"]:
+        response = through_router(client, "/address", CLIENTS[0], sent)
+        assert (response.status_code, response.get_json()) == (200, {"address": CLIENTS[0]})
+
+
+@pytest.mark.backends("sqlite")
+@pytest.mark.parametrize("variable", list(PLATFORMS))
+def test_behind_the_router_each_client_has_its_own_address_budget(make_app, platform, variable):
+    """The issue's case: with one address for everyone behind the router, its budget was everyone's."""
+    platform(variable)
+    client = make_app(RATELIMIT_PER_IP="3 per minute").test_client()
+    statuses = [through_router(client, "/", address).status_code for address in CLIENTS for _ in range(3)]
+    assert statuses == [200] * 15
+    # A client past its budget is refused, whatever it writes into X-Forwarded-For; a new one is not.
+    assert through_router(client, "/", CLIENTS[0]).status_code == 429
+    assert through_router(client, "/", CLIENTS[0], sent=CLIENTS[4]).status_code == 429
+    assert through_router(client, "/", "198.51.100.99").status_code == 200
+
+
+@pytest.mark.backends("sqlite")
+def test_elsewhere_the_header_is_ignored_unless_trusted_proxy_hops_says_so(make_app, platform):
+    """Without the platform's variable the connection's address counts: anyone can send X-Forwarded-For."""
+    platform(None)
+    client = make_app(RATELIMIT_PER_IP="3 per minute").test_client()
+    statuses = [through_router(client, "/", address).status_code for address in CLIENTS for _ in range(3)]
+    assert statuses == [200] * 3 + [429] * 12

@@ -5,7 +5,6 @@ __version__ = "1.0.0"  # the one place it is written: setup.cfg and the OpenAPI 
 import logging
 from pathlib import Path
 
-import click
 from dotenv import load_dotenv
 from flask import Flask
 
@@ -13,13 +12,23 @@ from . import cli, config, cors, database, errors, ratelimit, state, web
 from .auth import KnownSessions, session_guard, session_lookup
 from .json_provider import OrjsonProvider
 from .listing import Cursors
+from .mode import Mode, running_mode
 
 log = logging.getLogger(__name__)
 
 DEVELOPMENT_SECRET = "todo-api-development-secret"
 MISSING_SECRET = (
     "SECRET_KEY or BETTER_AUTH_SECRET must be set: page cursors are signed with it, and without it they would be "
-    "signed with a public development value. For development, run with FLASK_DEBUG=1 (`make run` does)."
+    "signed with a public development value. For development, run `FLASK_DEBUG=1 flask --app todo_api run` "
+    "(`make run` does)."
+)
+MISSING_DATABASE_URL = (
+    "DATABASE_URL must be set: in production the service does not fall back to an empty SQLite file. "
+    "For development, run `FLASK_DEBUG=1 flask --app todo_api run` (`make run` does)."
+)
+UNCHECKABLE_SIGNATURES = (
+    "BETTER_AUTH_SECRET is unset: signed credentials (<token>.<signature>: the bearer plugin's set-auth-token, "
+    "the session cookie) are refused, since their signature cannot be checked; raw session tokens are accepted"
 )
 
 
@@ -42,22 +51,36 @@ def create_app(test_config=None):
         app.config.from_mapping(test_config)
 
     logging.basicConfig(level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    register_extensions(app)
+    mode = running_mode(app)
+    apply_mode(app, mode)
+    register_extensions(app, mode)
     register_blueprints(app)
     errors.init_app(app)
     cli.init_app(app)
+    if mode is Mode.PRODUCTION and not app.config["BETTER_AUTH_SECRET"]:
+        log.warning(UNCHECKABLE_SIGNATURES)
     return app
 
 
-def register_extensions(app):
+def apply_mode(app, mode):
+    """What the mode decides (see mode.py): production refuses to start without DATABASE_URL, and only
+    development lets the frontend's development server (DEVELOPMENT_CORS_ORIGINS) in by default."""
+    if mode is Mode.PRODUCTION and not app.config["DATABASE_URL"]:
+        raise RuntimeError(MISSING_DATABASE_URL)
+    if app.config["CORS_ORIGINS"] is None:
+        app.config["CORS_ORIGINS"] = list(config.DEVELOPMENT_CORS_ORIGINS) if mode is Mode.DEVELOPMENT else []
+
+
+def register_extensions(app, mode):
     engine = database.build_engine(app.config, app.instance_path)
     app_state = state.AppState(
         engine=engine,
         connections=database.ThreadConnections(engine),
         session_lookup=session_lookup(app.config),
-        cursors=Cursors(signing_secret(app)),
+        cursors=Cursors(signing_secret(app, mode)),
         session_guard=session_guard(app.config),
         known_sessions=KnownSessions(),
+        mode=mode,
     )
     state.init_app(app, app_state)
     database.init_app(app)
@@ -65,24 +88,16 @@ def register_extensions(app):
     ratelimit.init_app(app)
 
 
-def signing_secret(app):
-    """The key that signs page cursors. Outside development, tests and the flask commands, it must be set."""
+def signing_secret(app, mode):
+    """The key that signs page cursors. In production it must be set: the flask commands sign no cursor and must
+    work on a fresh clone, and development and the tests may use a public one."""
     secret = app.config["SECRET_KEY"] or app.config["BETTER_AUTH_SECRET"]
     if secret:
         return secret
-    if not (app.debug or app.testing or loaded_for_a_command()):
+    if mode is Mode.PRODUCTION:
         raise RuntimeError(MISSING_SECRET)
     log.warning("SECRET_KEY and BETTER_AUTH_SECRET are unset: page cursors are signed with a public development secret")
     return DEVELOPMENT_SECRET
-
-
-def loaded_for_a_command():
-    """True when the flask command loads the app for a command such as init-db, db upgrade or create-session.
-
-    Those sign no cursor and must work on a fresh clone; `flask run` serves requests, so it does not count.
-    """
-    context = click.get_current_context(silent=True)
-    return context is not None and context.command.name != "run"
 
 
 def register_blueprints(app):

@@ -9,7 +9,11 @@ Better Auth hands a client the same credential in two forms:
   often URL-encoded.
 
 Either may come in `Authorization: Bearer ...`; the cookie is read only when
-there is no Authorization header, and only with BETTER_AUTH_SECRET set.
+there is no Authorization header, and only with BETTER_AUTH_SECRET set. A
+signature is checked against BETTER_AUTH_SECRET; without the secret, a signed
+credential is refused, except in the tests and on the development server,
+which look up its token part (see mode.py): no signature is ever taken
+unchecked in production.
 The session row is checked on every request, by the token's digest (see
 token_digest.py), so a signed-out (deleted) or expired session is refused on
 the very next request. On the task routes that check is folded into the
@@ -37,6 +41,7 @@ from werkzeug.exceptions import Unauthorized, UnsupportedMediaType
 
 from . import token_digest
 from .database import execute_retrying_once
+from .mode import checks_every_signature
 from .state import app_state, get_session_lookup
 from .tables import session_table, unexpired
 
@@ -119,21 +124,30 @@ def sign(token, secret):
     return base64.b64encode(digest).decode()
 
 
-def session_token(credential, secret):
+def valid_signature(token, signature, secret):
+    expected = sign(token, secret)
+    return len(signature) == SIGNATURE_LENGTH and hmac.compare_digest(expected.encode(), signature.encode())
+
+
+def session_token(credential, secret, check_signature=True):
     """The session token a credential carries, or None if it cannot be trusted.
 
-    A credential with a signature needs a secret to check it against; without
-    one, the token part is looked up as it stands (in Better Auth's default
-    configuration the raw token alone is a valid credential anyway).
+    A credential with a signature needs the secret to check it against. Without
+    one it is refused, unless `check_signature` is false (the tests and the
+    development server): then the token part is looked up as it stands (in
+    Better Auth's default configuration the raw token alone is a valid
+    credential anyway).
     """
     credential = unquote(credential)
     token, dot, signature = credential.rpartition(".")
     if not dot:
         token, signature = credential, None
-    if signature is not None and secret:
-        expected = sign(token, secret)
-        if len(signature) != SIGNATURE_LENGTH or not hmac.compare_digest(expected.encode(), signature.encode()):
-            return None
+    if signature is not None:
+        if secret:
+            if not valid_signature(token, signature, secret):
+                return None
+        elif check_signature:
+            return None  # no secret to check it against
     if not token or len(token) > MAX_TOKEN_LENGTH or not (token.isascii() and token.isprintable()):
         return None
     return token
@@ -170,7 +184,8 @@ def authenticate(deferred=False):
     app, current_request = current_app._get_current_object(), request._get_current_object()
     config = app.config
     credential, from_cookie = credential_from_request(config, current_request)
-    token = credential and session_token(credential, config["BETTER_AUTH_SECRET"])
+    check_signature = checks_every_signature(app_state(app).mode)
+    token = credential and session_token(credential, config["BETTER_AUTH_SECRET"], check_signature)
     if not token:
         log.info("rejected request: missing or malformed credential")
         raise NotAuthenticated()

@@ -18,7 +18,7 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import delete, exists, func, insert, inspect, select, union
 
-from . import tables
+from . import schema, tables
 from .database import get_engine
 from .migrate import create_schema, current_revision, downgrade, migration_engine, upgrade
 
@@ -113,6 +113,9 @@ def db_current_command():
 def create_session_command(email, days):
     """Create a user with this EMAIL (if new) and a session for them; print its token."""
     with get_engine().begin() as connection:
+        problem = schema.auth_tables_problem(connection, current_app.config)
+        if problem is not None:
+            raise click.ClickException(problem)
         token = create_user_session(connection, current_app.config, email, timedelta(days=days))
     click.echo(token)
 

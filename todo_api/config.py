@@ -1,11 +1,24 @@
 """Settings, read once from environment variables with safe defaults.
 
-Every variable is documented in the README's configuration table.
+Every variable is documented in the README's configuration table. A malformed value stops the app with a
+RuntimeError that names the variable (and never repeats a URL, which may hold a password). A few defaults
+depend on the mode the app runs in (see mode.py): those settings are None here when unset.
 """
 
 import os
 
-DEFAULT_CORS_ORIGINS = "http://localhost:3000"
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+# Allowed when CORS_ORIGINS is unset, in development only (the Next.js frontend's development server).
+DEVELOPMENT_CORS_ORIGINS = ["http://localhost:3000"]
+# A variable each of these platforms sets in every process it runs (Heroku: DYNO; Render: RENDER). Their web
+# processes are reached only through the platform's router, which appends the address of its own client to
+# X-Forwarded-For: where one of them is set, TRUSTED_PROXY_HOPS defaults to 1.
+PLATFORM_ROUTER_VARIABLES = ("DYNO", "RENDER")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DATABASE_DRIVERS = ("postgres", "postgresql", "postgresql+psycopg2", "sqlite", "sqlite+pysqlite")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 # Generous for people (a user's browser tabs, an office behind one address), well under what one
 # client would need to crowd others out of a ~2,000 req/s service.
 DEFAULT_RATELIMIT_PER_USER = "1800 per minute"
@@ -52,16 +65,61 @@ def env_bool(name, default):
     raise RuntimeError(f"{name} must be true or false, got {raw!r}")
 
 
-def env_list(name, default):
-    raw = env_str(name, default)
+def env_list(name, default=None):
+    raw = env_str(name)
+    if raw is None:
+        return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_choice(name, default, choices):
+    """One of `choices` (their case), given in any case."""
+    raw = env_str(name)
+    if raw is None:
+        return default
+    if raw.upper() not in choices:
+        raise RuntimeError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw.upper()
+
+
+def env_database_url(name):
+    """A Postgres or SQLite URL, as given; checked here so that a bad one is named, not echoed."""
+    raw = env_str(name)
+    if raw is None:
+        return None
+    try:
+        url = make_url(raw)
+        url.port  # noqa: B018 - a port that is not a number fails here
+    except (ArgumentError, ValueError):
+        raise RuntimeError(
+            f"{name} is not a database URL: postgres://user:password@host:5432/name or sqlite:///path"
+        ) from None
+    if url.drivername not in DATABASE_DRIVERS:
+        raise RuntimeError(
+            f"{name} must be a postgres://, postgresql:// or postgresql+psycopg2:// URL or a sqlite:/// path, "
+            f"got a {url.drivername}:// URL"
+        )
+    return raw
+
+
+def env_redis_url(name):
+    raw = env_str(name)
+    if raw is not None and raw.partition("://")[0].lower() not in REDIS_SCHEMES:
+        raise RuntimeError(f"{name} must be a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def platform_proxy_hops():
+    """1 on a platform that puts its router in front of every web process (PLATFORM_ROUTER_VARIABLES), else 0."""
+    return 1 if any(env_str(name) for name in PLATFORM_ROUTER_VARIABLES) else 0
 
 
 def from_environment():
     """The app's configuration as a dict of Flask config keys."""
     return {
-        "DATABASE_URL": env_str("DATABASE_URL"),
-        "DATABASE_MIGRATION_URL": env_str("DATABASE_MIGRATION_URL"),
+        # Unset: SQLite in `instance/`, except in production, which refuses to start without it.
+        "DATABASE_URL": env_database_url("DATABASE_URL"),
+        "DATABASE_MIGRATION_URL": env_database_url("DATABASE_MIGRATION_URL"),
         "DATABASE_POOL_SIZE": env_int("DATABASE_POOL_SIZE", 5, minimum=1),
         "DATABASE_MAX_OVERFLOW": env_int("DATABASE_MAX_OVERFLOW", 5),
         "DATABASE_POOL_TIMEOUT": env_int("DATABASE_POOL_TIMEOUT", 5, minimum=1),
@@ -77,8 +135,9 @@ def from_environment():
         "SESSION_TOKEN_COLUMN": env_str("SESSION_TOKEN_COLUMN", "token"),
         "SESSION_USER_ID_COLUMN": env_str("SESSION_USER_ID_COLUMN", "userId"),
         "SESSION_EXPIRES_AT_COLUMN": env_str("SESSION_EXPIRES_AT_COLUMN", "expiresAt"),
-        "CORS_ORIGINS": env_list("CORS_ORIGINS", DEFAULT_CORS_ORIGINS),
-        "LOG_LEVEL": env_str("LOG_LEVEL", "INFO").upper(),
+        # Unset: DEVELOPMENT_CORS_ORIGINS in development, no origin otherwise (see create_app).
+        "CORS_ORIGINS": env_list("CORS_ORIGINS"),
+        "LOG_LEVEL": env_choice("LOG_LEVEL", "INFO", LOG_LEVELS),
         "DOCS_ENABLED": env_bool("DOCS_ENABLED", True),
         "RATELIMIT_ENABLED": env_bool("RATELIMIT_ENABLED", True),
         "RATELIMIT_PER_USER": env_str("RATELIMIT_PER_USER", DEFAULT_RATELIMIT_PER_USER),
@@ -87,8 +146,8 @@ def from_environment():
         "RATELIMIT_DOCS": env_str("RATELIMIT_DOCS", DEFAULT_RATELIMIT_DOCS),
         "RATELIMIT_HEADERS_ENABLED": env_bool("RATELIMIT_HEADERS_ENABLED", True),
         "RATELIMIT_KEY_PREFIX": env_str("RATELIMIT_KEY_PREFIX", "todo-api"),
-        "REDIS_URL": env_str("REDIS_URL"),
-        "TRUSTED_PROXY_HOPS": env_int("TRUSTED_PROXY_HOPS", 0),
+        "REDIS_URL": env_redis_url("REDIS_URL"),
+        "TRUSTED_PROXY_HOPS": env_int("TRUSTED_PROXY_HOPS", platform_proxy_hops()),
         "MAX_CONTENT_LENGTH": 1024 * 1024,
         # Web Push reminders (the worker: `flask --app todo_api reminders run`).
         "VAPID_PRIVATE_KEY": env_str("VAPID_PRIVATE_KEY"),

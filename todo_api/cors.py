@@ -9,10 +9,17 @@ to it already compiled and anchored at both ends.
 
 Credentials are allowed unless `*` is among the entries. `Vary: Origin` is
 added to every response by `web.py`, not here: flask-cors adds it only to some.
+With no entry (the default outside development, see mode.py), no response
+carries a CORS header: no browser page of another origin may read any answer.
+
+A literal entry must be an origin as browsers send it, `scheme://host[:port]`:
+one with a path (a trailing slash included), a query or user info would never
+match, and is refused at start-up, naming CORS_ORIGINS.
 """
 
 import functools
 import re
+from urllib.parse import urlsplit
 
 from flask import request
 from flask_cors import CORS
@@ -32,9 +39,29 @@ def origin_pattern(entry):
         except re.error as error:
             raise RuntimeError(f"CORS_ORIGINS has an invalid pattern {entry!r}: {error}") from None
     else:
+        check_origin(entry)
         body = re.escape(entry)
     # flask-cors calls `pattern.match`, which anchors only the start; `\Z` anchors the end.
     return re.compile(rf"(?:{body})\Z", re.IGNORECASE)
+
+
+def is_origin(entry):
+    """Whether a literal CORS_ORIGINS entry is `scheme://host[:port]`, as a browser's Origin header is."""
+    try:
+        parts = urlsplit(entry)
+        parts.port  # noqa: B018 - a port that is not a number fails here
+    except ValueError:
+        return False
+    has_more = parts.username is not None or parts.path or parts.query or parts.fragment or entry.endswith(("?", "#"))
+    return bool(parts.scheme and parts.hostname) and not has_more
+
+
+def check_origin(entry):
+    if not is_origin(entry):
+        raise RuntimeError(
+            f"CORS_ORIGINS has an invalid origin {entry!r}: an origin is scheme://host or scheme://host:port, "
+            "with nothing after it"
+        )
 
 
 def allowed_origins(entries):
@@ -55,6 +82,8 @@ def only_with_origin(answer_cors):
 
 def init_app(app):
     entries = app.config["CORS_ORIGINS"]
+    if not entries:
+        return
     # The browser shows a script only the response headers exposed here: ETag for
     # If-Match, the rate-limit headers (Retry-After on a 429).
     CORS(

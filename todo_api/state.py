@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .auth import KnownSessions
     from .database import ThreadConnections
     from .listing import Cursors
+    from .mode import Mode
 
 _EXTENSION = "todo_api"
 
@@ -31,6 +32,7 @@ class AppState:
     cursors: Cursors  # signs and checks page cursors (see `listing`)
     session_guard: ColumnElement  # the session check folded into the task routes' statements (see `auth`)
     known_sessions: KnownSessions  # token digest to user id, of sessions the database confirmed (see `auth`)
+    mode: Mode  # production, development, a command or the tests (see `mode`)
 
 
 def init_app(app: Flask, state: AppState) -> None:

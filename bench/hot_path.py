@@ -53,8 +53,8 @@ def child(url, token, count, driver):
     from sqlalchemy import delete
 
     from todo_api import create_app
-    from todo_api.database import get_engine
-    from todo_api.tables import task
+    from todo_api.db.connections import get_engine
+    from todo_api.db.tables import task
 
     app = create_app({"TESTING": True, "DATABASE_URL": url, "RATELIMIT_ENABLED": False, "SECRET_KEY": "bench"})
     client, headers = app.test_client(), {"Authorization": f"Bearer {token}"}
@@ -73,10 +73,11 @@ def child(url, token, count, driver):
 
 def driver_overhead(app, token, task_id, count):
     """The list and toggle statements alone: SQLAlchemy's execute and rows, against psycopg2's cursor."""
-    from todo_api import listing, task_store
-    from todo_api.database import get_engine
-    from todo_api.schemas import list_query_schema
-    from todo_api.token_digest import token_digest
+    from todo_api.auth.token_digest import token_digest
+    from todo_api.db.connections import get_engine
+    from todo_api.tasks import listing
+    from todo_api.tasks import store as task_store
+    from todo_api.tasks.schemas import list_query_schema
 
     digest = token_digest(token)
     results = {}
@@ -139,7 +140,7 @@ def main():
 
     from todo_api import create_app
     from todo_api.cli import create_user_session
-    from todo_api.database import get_engine, normalize_url
+    from todo_api.db.connections import get_engine, normalize_url
 
     admin = create_engine(normalize_url(args.admin_url), isolation_level="AUTOCOMMIT")
     name = f"todo_api_hot_path_{uuid.uuid4().hex[:8]}"

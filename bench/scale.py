@@ -30,12 +30,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]  # the tests' support: a throwaway database
 
 from support import throwaway_database  # noqa: E402
-from todo_api import create_app, listing  # noqa: E402
+from todo_api import create_app  # noqa: E402
 from todo_api.cli import create_user_session  # noqa: E402
-from todo_api.database import get_engine, transaction  # noqa: E402
-from todo_api.migrate import create_schema  # noqa: E402
-from todo_api.schemas import list_query_schema  # noqa: E402
+from todo_api.db.connections import get_engine, transaction  # noqa: E402
+from todo_api.db.migrate import create_schema  # noqa: E402
 from todo_api.state import get_cursors  # noqa: E402
+from todo_api.tasks import listing  # noqa: E402
+from todo_api.tasks.schemas import list_query_schema  # noqa: E402
 
 COMMON_WORD = "quarterly"  # in the title of every 100th task
 RARE_WORD = "zeppelin"  # in the description of five tasks of each user

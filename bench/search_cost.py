@@ -35,11 +35,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]  # the tests' support: a throwaway database
 
 from support import throwaway_database  # noqa: E402
-from todo_api import create_app, listing  # noqa: E402
-from todo_api.database import get_engine  # noqa: E402
-from todo_api.migrate import upgrade  # noqa: E402
-from todo_api.schemas import list_query_schema  # noqa: E402
+from todo_api import create_app  # noqa: E402
+from todo_api.db.connections import get_engine  # noqa: E402
+from todo_api.db.migrate import upgrade  # noqa: E402
 from todo_api.state import get_cursors  # noqa: E402
+from todo_api.tasks import listing  # noqa: E402
+from todo_api.tasks.schemas import list_query_schema  # noqa: E402
 
 TASKS = 1000
 # user: the piece its texts repeat; each text ends in every trigram the keywords below need.

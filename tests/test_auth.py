@@ -9,8 +9,8 @@ from sqlalchemy import text
 
 from support import SECRET, base_config, delete_session, expire_session
 from todo_api import create_app
-from todo_api.auth import sign
-from todo_api.database import get_engine
+from todo_api.auth.sessions import sign
+from todo_api.db.connections import get_engine
 
 API_ROUTES = [
     ("GET", "/api/tasks"),
@@ -123,7 +123,7 @@ def secret_client(secret_app):
 @pytest.fixture
 def secret_token(secret_app):
     from todo_api.cli import create_user_session
-    from todo_api.database import get_engine
+    from todo_api.db.connections import get_engine
 
     with get_engine(secret_app).begin() as connection:
         return create_user_session(connection, secret_app.config, "signed@example.com")
@@ -174,7 +174,7 @@ def test_session_cookie_is_accepted(secret_client, secret_token, name):
 def test_cookie_prefix_is_configurable(make_app):
     app = make_app(BETTER_AUTH_SECRET=SECRET, BETTER_AUTH_COOKIE_PREFIX="todo")
     from todo_api.cli import create_user_session
-    from todo_api.database import get_engine
+    from todo_api.db.connections import get_engine
 
     with get_engine(app).begin() as connection:
         token = create_user_session(connection, app.config, "prefix@example.com")

@@ -6,9 +6,10 @@ import runpy
 import pytest
 from itsdangerous import URLSafeSerializer
 
-from todo_api import DEVELOPMENT_SECRET, create_app, listing
+from todo_api import DEVELOPMENT_SECRET, create_app
 from todo_api.config import from_environment
-from todo_api.database import get_engine, normalize_url
+from todo_api.db.connections import get_engine, normalize_url
+from todo_api.tasks import listing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,10 +8,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from support import ADMIN_URL
-from todo_api import listing, task_store
-from todo_api.database import fetch, get_db, get_engine, in_transaction, normalize_url
+from todo_api.auth.token_digest import token_digest
+from todo_api.db.connections import fetch, get_db, get_engine, in_transaction, normalize_url
 from todo_api.state import app_state
-from todo_api.token_digest import token_digest
+from todo_api.tasks import listing
+from todo_api.tasks import store as task_store
 
 
 def checked_out(app):

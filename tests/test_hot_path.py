@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import select
 
 from support import StatementLog, delete_session, expire_session, fetch, user_id_of
-from todo_api.schemas import TaskSchema, filter_sort_query_schema, list_query_schema, task_output
+from todo_api.auth.token_digest import token_digest
+from todo_api.db.tables import task as task_table
 from todo_api.state import app_state
-from todo_api.tables import task as task_table
-from todo_api.tasks import list_query
-from todo_api.token_digest import token_digest
+from todo_api.tasks.routes import list_query
+from todo_api.tasks.schemas import TaskSchema, filter_sort_query_schema, list_query_schema, task_output
 
 NOT_AUTHENTICATED = {"detail": "Not authenticated"}
 

@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy import func, select, update
 
 from support import StatementLog, expected_etag, user_id_of
-from todo_api.database import get_engine
-from todo_api.tables import idempotency_key
+from todo_api.db.connections import get_engine
+from todo_api.db.tables import idempotency_key
 
 REUSED = {"detail": "This Idempotency-Key was already used with a different request body"}
 BAD_KEY = {

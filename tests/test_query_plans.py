@@ -18,12 +18,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.dialects import postgresql
 
 from support import ADMIN_URL, base_config
-from todo_api import create_app, listing
-from todo_api.database import get_engine, normalize_url, transaction
-from todo_api.migrate import create_schema
-from todo_api.schemas import WallClock, list_query_schema
+from todo_api import create_app
+from todo_api.auth.token_digest import token_digest
+from todo_api.db.connections import get_engine, normalize_url, transaction
+from todo_api.db.migrate import create_schema
 from todo_api.state import app_state, get_cursors, get_session_lookup
-from todo_api.token_digest import token_digest
+from todo_api.tasks import listing
+from todo_api.tasks.schemas import WallClock, list_query_schema
 
 FILL = text("""
     INSERT INTO task (user_id, title, description, completed, priority, category, tags,

@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import select, update
 
 from support import StatementLog, fetch
-from todo_api import listing
-from todo_api.database import get_engine
-from todo_api.tables import task as task_table
+from todo_api.db.connections import get_engine
+from todo_api.db.tables import task as task_table
+from todo_api.tasks import listing
 from todo_api.timezones import TIME_ZONES, local_to_utc, zone
 
 UNKNOWN_ZONE = {"time_zone": ["Must be an IANA time zone name, such as Europe/Berlin or UTC."]}

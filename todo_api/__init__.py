@@ -9,10 +9,14 @@ import click
 from dotenv import load_dotenv
 from flask import Flask
 
-from . import cli, config, cors, database, errors, ratelimit, state, web
-from .auth import KnownSessions, session_guard, session_lookup
-from .json_provider import OrjsonProvider
-from .listing import Cursors
+from todo_api import cli, config, errors, state
+from todo_api.auth.sessions import KnownSessions, session_guard, session_lookup
+from todo_api.db import connections as database
+from todo_api.http import cors
+from todo_api.http import policy as web
+from todo_api.http.json import OrjsonProvider
+from todo_api.ratelimit import limits as ratelimit
+from todo_api.tasks.listing import Cursors
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +90,11 @@ def loaded_for_a_command():
 
 
 def register_blueprints(app):
-    from . import health, openapi, settings, subscriptions, tasks
+    from todo_api.http import health
+    from todo_api.openapi import document as openapi
+    from todo_api.reminders import subscriptions
+    from todo_api.tasks import routes as tasks
+    from todo_api.tasks import time_zone as settings
 
     app.register_blueprint(health.bp)
     app.register_blueprint(tasks.bp)

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
     from sqlalchemy.sql import ColumnElement, Select
 
-    from .auth import KnownSessions
-    from .database import ThreadConnections
-    from .listing import Cursors
+    from todo_api.auth.sessions import KnownSessions
+    from todo_api.db.connections import ThreadConnections
+    from todo_api.tasks.listing import Cursors
 
 _EXTENSION = "todo_api"
 

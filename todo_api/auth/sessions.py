@@ -35,10 +35,10 @@ from sqlalchemy import LargeBinary, MetaData, bindparam, exists, func, select
 from sqlalchemy.sql import ColumnElement, Select
 from werkzeug.exceptions import Unauthorized, UnsupportedMediaType
 
-from . import token_digest
-from .database import execute_retrying_once
-from .state import app_state, get_session_lookup
-from .tables import session_table, unexpired
+from todo_api.auth import token_digest
+from todo_api.db.connections import execute_retrying_once
+from todo_api.db.tables import session_table, unexpired
+from todo_api.state import app_state, get_session_lookup
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,16 @@ from flask import Blueprint, Response, current_app, g, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from . import idempotency, listing, task_store
-from .apidoc import operation, request_body, response
-from .auth import authenticate, confirm_session
-from .conditional import etag, etag_of, if_match_versions, not_modified
-from .database import get_db, on_live_connection
-from .json_provider import OPTIONS as JSON_OPTIONS
-from .ratelimit import limit_user
-from .schemas import (
+from todo_api.auth.sessions import authenticate, confirm_session
+from todo_api.db.connections import get_db, on_live_connection
+from todo_api.http.json import OPTIONS as JSON_OPTIONS
+from todo_api.openapi.operations import operation, request_body, response
+from todo_api.ratelimit.limits import limit_user
+from todo_api.state import app_state, get_cursors
+from todo_api.tasks import idempotency, listing
+from todo_api.tasks import store as task_store
+from todo_api.tasks.conditional import etag, etag_of, if_match_versions, not_modified
+from todo_api.tasks.schemas import (
     ChangedTaskEnvelopeSchema,
     DeletedEnvelopeSchema,
     ListQuery,
@@ -33,7 +35,6 @@ from .schemas import (
     task_output,
     task_update_schema,
 )
-from .state import app_state, get_cursors
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
 

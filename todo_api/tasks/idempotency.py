@@ -26,10 +26,10 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Connection, Row
 from werkzeug.exceptions import UnprocessableEntity
 
-from .database import per_dialect, transaction
-from .tables import MAX_IDEMPOTENCY_KEY_LENGTH, idempotency_key
-from .task_store import Values, create_task
-from .timezones import utcnow
+from todo_api.db.connections import per_dialect, transaction
+from todo_api.db.tables import MAX_IDEMPOTENCY_KEY_LENGTH, idempotency_key
+from todo_api.tasks.store import Values, create_task
+from todo_api.timezones import utcnow
 
 HEADER = "Idempotency-Key"
 KEY_LIFETIME = timedelta(hours=24)

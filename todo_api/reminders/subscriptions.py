@@ -8,12 +8,17 @@ pushes that user's reminders from then on.
 from flask import Blueprint, current_app, g
 from sqlalchemy import DateTime, bindparam, delete
 
-from .apidoc import operation, request_body, response
-from .database import get_db, per_dialect
-from .schemas import SubscriptionEnvelopeSchema, UnsubscribedEnvelopeSchema, subscription_schemas, unsubscribe_schema
-from .tables import push_subscription
-from .tasks import has_body, json_body, require_session
-from .timezones import utcnow
+from todo_api.db.connections import get_db, per_dialect
+from todo_api.db.tables import push_subscription
+from todo_api.openapi.operations import operation, request_body, response
+from todo_api.tasks.routes import has_body, json_body, require_session
+from todo_api.tasks.schemas import (
+    SubscriptionEnvelopeSchema,
+    UnsubscribedEnvelopeSchema,
+    subscription_schemas,
+    unsubscribe_schema,
+)
+from todo_api.timezones import utcnow
 
 bp = Blueprint("notifications", __name__, url_prefix="/api/notifications")
 bp.before_request(require_session)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid, VapidException
 from pywebpush import WebPusher
 
-from .webpush import b64url_encode
+from todo_api.reminders.endpoints import b64url_encode
 
 # How long a push service keeps a message for a browser that is offline.
 TTL_SECONDS = 24 * 60 * 60

@@ -12,10 +12,10 @@ from typing import NamedTuple
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from . import webpush
-from .recurrence import RECURRENCE_PATTERNS, RECURRING_NEEDS_DUE_DATE
-from .tables import PRIORITIES, task
-from .timezones import TIME_ZONES, naive_utc
+from todo_api.db.tables import PRIORITIES, task
+from todo_api.reminders import endpoints as webpush
+from todo_api.tasks.recurrence import RECURRENCE_PATTERNS, RECURRING_NEEDS_DUE_DATE
+from todo_api.timezones import TIME_ZONES, naive_utc
 
 TITLE_MAX = 255
 DESCRIPTION_MAX = 10_000

@@ -35,10 +35,10 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import ColumnElement, Executable
 from werkzeug.exceptions import NotFound, PreconditionFailed
 
-from .database import fetch, per_dialect, transaction
-from .recurrence import RECURRING_NEEDS_DUE_DATE, next_occurrence
-from .tables import MAX_TASK_ID, next_version, task, user_settings
-from .timezones import DEFAULT_TIME_ZONE, local_to_utc, utcnow, zone
+from todo_api.db.connections import fetch, per_dialect, transaction
+from todo_api.db.tables import MAX_TASK_ID, next_version, task, user_settings
+from todo_api.tasks.recurrence import RECURRING_NEEDS_DUE_DATE, next_occurrence
+from todo_api.timezones import DEFAULT_TIME_ZONE, local_to_utc, utcnow, zone
 
 Versions = frozenset[datetime] | None
 """What If-Match accepts: None for any version, else the `updated_at` values it names (empty: none can match)."""

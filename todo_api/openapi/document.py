@@ -21,10 +21,10 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, current_app, render_template, send_from_directory, url_for
 
-from . import __version__
-from .apidoc import operation, operation_of, response
-from .auth import STATE_CHANGING_METHODS
-from .schemas import CommaList, ErrorSchema, ShownMoment, TaskSchema, UtcInput
+from todo_api import __version__
+from todo_api.auth.sessions import STATE_CHANGING_METHODS
+from todo_api.openapi.operations import operation, operation_of, response
+from todo_api.tasks.schemas import CommaList, ErrorSchema, ShownMoment, TaskSchema, UtcInput
 
 bp = Blueprint("openapi", __name__)
 
@@ -275,7 +275,7 @@ def build_document(app):
 _build_lock = threading.Lock()
 
 
-DOCUMENT = "todo_api.openapi"
+DOCUMENT = "todo_api.openapi.document"
 
 
 def document_bytes(app=None):

@@ -34,8 +34,10 @@ from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine, make_ur
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
-from . import tables, timezones, token_digest
-from .state import get_engine, get_thread_connections
+from todo_api import timezones
+from todo_api.auth import token_digest
+from todo_api.db import tables
+from todo_api.state import get_engine, get_thread_connections
 
 POSTGRES_SCHEMES = ("postgres", "postgresql")
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from flask import request
 
-from .task_store import Versions
+from todo_api.tasks.store import Versions
 
 EPOCH = datetime(1970, 1, 1)
 MICROSECOND = timedelta(microseconds=1)

@@ -41,12 +41,12 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import ServiceUnavailable
 
-from .database import fetch, transaction
-from .json_provider import OPTIONS as JSON_OPTIONS
-from .schemas import ListQuery, WallClock, storable_text
-from .tables import MAX_TASK_ID, PRIORITIES, task
-from .task_store import SessionCheck, time_zone_name_sql, time_zone_of
-from .timezones import local_to_utc, utcnow
+from todo_api.db.connections import fetch, transaction
+from todo_api.db.tables import MAX_TASK_ID, PRIORITIES, task
+from todo_api.http.json import OPTIONS as JSON_OPTIONS
+from todo_api.tasks.schemas import ListQuery, WallClock, storable_text
+from todo_api.tasks.store import SessionCheck, time_zone_name_sql, time_zone_of
+from todo_api.timezones import local_to_utc, utcnow
 
 log = logging.getLogger(__name__)
 

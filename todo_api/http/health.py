@@ -2,10 +2,10 @@
 
 from flask import Blueprint
 
-from . import database
-from .apidoc import operation, response
-from .errors import database_unavailable
-from .schemas import MessageSchema, StatusSchema
+from todo_api.db import connections as database
+from todo_api.errors import database_unavailable
+from todo_api.openapi.operations import operation, response
+from todo_api.tasks.schemas import MessageSchema, StatusSchema
 
 bp = Blueprint("health", __name__)
 

@@ -51,10 +51,10 @@ import orjson
 from sqlalchemy import DateTime, and_, bindparam, delete, exists, not_, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
-from .database import DIALECT_INSERTS, get_engine, transaction
-from .delivery import PushSender, signer_from_config
-from .tables import next_version, push_delivery, push_subscription, task, user_settings
-from .timezones import utc_to_local, utcnow
+from todo_api.db.connections import DIALECT_INSERTS, get_engine, transaction
+from todo_api.db.tables import next_version, push_delivery, push_subscription, task, user_settings
+from todo_api.reminders.push import PushSender, signer_from_config
+from todo_api.timezones import utc_to_local, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ def sqlite_token_digest(value):
 def session_names(app_config=None):
     """(table, token column) of Better Auth's sessions, as the app is configured (by default, the environment)."""
     if app_config is None:
-        from .config import from_environment
+        from todo_api.config import from_environment
 
         app_config = from_environment()
     return app_config["SESSION_TABLE"], app_config["SESSION_TOKEN_COLUMN"]

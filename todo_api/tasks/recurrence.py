@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from dateutil.relativedelta import relativedelta
 from sqlalchemy.engine import Row
 
-from .timezones import local_to_utc, utc_to_local, utcnow
+from todo_api.timezones import local_to_utc, utc_to_local, utcnow
 
 RECURRENCE_STEPS = {
     "daily": relativedelta(days=1),

@@ -6,11 +6,11 @@ dates and reminders given without an offset are read.
 
 from flask import Blueprint, g
 
-from . import task_store
-from .apidoc import operation, request_body, response
-from .database import get_db
-from .schemas import SettingsEnvelopeSchema, settings_schema
-from .tasks import json_body, require_session
+from todo_api.db.connections import get_db
+from todo_api.openapi.operations import operation, request_body, response
+from todo_api.tasks import store as task_store
+from todo_api.tasks.routes import json_body, require_session
+from todo_api.tasks.schemas import SettingsEnvelopeSchema, settings_schema
 
 bp = Blueprint("settings", __name__, url_prefix="/api")
 bp.before_request(require_session)

@@ -15,7 +15,7 @@ Revises: 0004
 
 from alembic import context, op
 
-from todo_api import token_digest
+from todo_api.auth import token_digest
 
 revision = "0005"
 down_revision = "0004"

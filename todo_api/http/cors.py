@@ -17,7 +17,7 @@ import re
 from flask import request
 from flask_cors import CORS
 
-from . import ratelimit
+from todo_api.ratelimit import limits as ratelimit
 
 ANY_ORIGIN = "*"
 PATTERN_PREFIX = "regex:"

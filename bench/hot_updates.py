@@ -48,7 +48,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from todo_api import create_app  # noqa: E402
-from todo_api.state import get_cursors  # noqa: E402
 from todo_api.tasks import listing  # noqa: E402
 from todo_api.tasks.schemas import list_query_schema  # noqa: E402
 
@@ -285,7 +284,7 @@ def claim_costs(args, base, repeats=7):
 
 def sort_costs(args, base, app, repeats=15):
     """Median execution time (ms) of a first page of 50 per variant, sort and list size."""
-    cursors = get_cursors(app)
+    cursors = listing.get_cursors(app)
     dialect = postgresql.psycopg2.dialect()
     costs = {}
     for variant in args.variants:

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from support import SECRET, base_config, delete_session, expire_session
 from todo_api import create_app
-from todo_api.auth.sessions import sign
+from todo_api.auth.credentials import sign
 from todo_api.db.connections import get_engine
 
 API_ROUTES = [

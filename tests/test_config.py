@@ -8,7 +8,8 @@ from itsdangerous import URLSafeSerializer
 
 from todo_api import DEVELOPMENT_SECRET, create_app
 from todo_api.config import from_environment
-from todo_api.db.connections import get_engine, normalize_url
+from todo_api.db.connections import get_engine
+from todo_api.db.engine import normalize_url
 from todo_api.tasks import listing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import select
 
 from support import StatementLog, delete_session, expire_session, fetch, user_id_of
-from todo_api.auth.token_digest import token_digest
+from todo_api.auth.sessions import get_sessions
+from todo_api.db.connections import get_engine
 from todo_api.db.tables import task as task_table
-from todo_api.state import app_state
+from todo_api.db.token_digest import token_digest
 from todo_api.tasks.routes import list_query
 from todo_api.tasks.schemas import TaskSchema, filter_sort_query_schema, list_query_schema, task_output
 
@@ -53,7 +54,7 @@ def test_each_hot_route_is_one_statement_once_the_session_is_known(client, auth,
 def test_a_new_session_is_looked_up_first_then_remembered(app, client, auth, token, statements):
     assert client.get("/api/tasks", headers=auth).status_code == 200
     assert statements == ["SELECT", "SELECT"]  # the lookup, then the list (empty: the session was just confirmed)
-    assert app_state(app).known_sessions.get(token_digest(token)) == user_id_of(app, token)
+    assert get_sessions(app).known.get(token_digest(token)) == user_id_of(app, token)
     statements.clear()
     response = client.get("/api/tasks", headers=auth)
     assert (response.status_code, response.get_json(), statements) == (200, {"data": []}, ["SELECT", "SELECT"])
@@ -77,11 +78,11 @@ def test_a_remembered_session_that_ended_is_refused_on_the_next_request_and_forg
         ("PATCH", f"/api/tasks/{created['id']}/complete", None),
         ("DELETE", f"/api/tasks/{created['id']}", None),
     ]:
-        app_state(app).known_sessions.remember(token_digest(token), created["user_id"])
+        get_sessions(app).known.remember(token_digest(token), created["user_id"])
         response = client.open(path, method=method, headers=auth, json=body)
         assert (response.status_code, response.get_json()) == (401, NOT_AUTHENTICATED), (method, path)
-        assert app_state(app).known_sessions.get(token_digest(token)) is None
-    with app.app_context(), app_state(app).engine.connect() as connection:
+        assert get_sessions(app).known.get(token_digest(token)) is None
+    with app.app_context(), get_engine(app).connect() as connection:
         rows = connection.execute(select(task_table)).all()
     assert [(row.title, row.completed) for row in rows] == [("A task", False)]  # nothing was written
 
@@ -104,7 +105,7 @@ def test_a_dead_remembered_session_is_401_before_anything_else(
 ):
     created = create_task()
     delete_session(app, token)
-    app_state(app).known_sessions.remember(token_digest(token), created["user_id"])
+    get_sessions(app).known.remember(token_digest(token), created["user_id"])
     path = path.format(id=created["id"])
     if body is None and "Content-Type" in headers:
         response = client.open(path, method=method, headers={**auth, **headers}, data="title")
@@ -126,7 +127,7 @@ def test_a_live_remembered_session_gets_the_same_refusals_as_before(client, auth
 def test_another_users_remembered_id_finds_nothing(app, client, auth, token, other_auth, create_task):
     """The remembered user id is only bound as the owner: the statement checks it is the session's own."""
     theirs = create_task(headers=other_auth)
-    app_state(app).known_sessions.remember(token_digest(token), theirs["user_id"])
+    get_sessions(app).known.remember(token_digest(token), theirs["user_id"])
     response = client.get(f"/api/tasks/{theirs['id']}", headers=auth)
     assert (response.status_code, response.get_json()) == (401, NOT_AUTHENTICATED)
     assert client.get(f"/api/tasks/{theirs['id']}", headers=auth).status_code == 404  # looked up: the right user
@@ -140,7 +141,7 @@ def test_the_rate_limit_is_keyed_by_the_remembered_user(make_app, new_session):
     assert client.get("/api/tasks", headers=second).status_code == 200  # the same user, another session
     response = client.post("/api/tasks", headers=second, json={"title": "x"})
     assert response.status_code == 429
-    with app.app_context(), app_state(app).engine.connect() as connection:
+    with app.app_context(), get_engine(app).connect() as connection:
         assert connection.execute(select(task_table)).all() == []
 
 
@@ -153,7 +154,7 @@ def test_the_fast_paths_answer_what_the_schema_dumps(app, client, auth, create_t
         client.get(f"/api/tasks/{created['id']}", headers=auth).get_json()["data"],
         client.patch(f"/api/tasks/{created['id']}/complete", headers=auth).get_json()["data"],
     ]
-    with app.app_context(), app_state(app).engine.connect() as connection:
+    with app.app_context(), get_engine(app).connect() as connection:
         row = connection.execute(select(task_table)).one()
     expected = app.json.loads(app.json.dumps(TaskSchema().dump(row)))
     assert app.json.loads(app.json.dumps(task_output(row))) == expected

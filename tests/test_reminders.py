@@ -24,7 +24,8 @@ from support.private_postgres import running_cluster
 from support.push_service import PushService, b64url_decode
 from todo_api import create_app
 from todo_api.cli import create_user_session
-from todo_api.db.connections import get_engine, normalize_url
+from todo_api.db.connections import get_engine
+from todo_api.db.engine import normalize_url
 from todo_api.db.migrate import create_schema
 from todo_api.db.tables import push_delivery, push_subscription, task
 from todo_api.reminders.push import Outcome, classify, generate_vapid_keys, retry_after_seconds, signer_from_config

@@ -9,14 +9,14 @@ import click
 from dotenv import load_dotenv
 from flask import Flask
 
-from todo_api import cli, config, errors, state
-from todo_api.auth.sessions import KnownSessions, session_guard, session_lookup
+from todo_api import cli, config, errors
+from todo_api.auth import sessions
 from todo_api.db import connections as database
 from todo_api.http import cors
 from todo_api.http import policy as web
 from todo_api.http.json import OrjsonProvider
 from todo_api.ratelimit import limits as ratelimit
-from todo_api.tasks.listing import Cursors
+from todo_api.tasks import listing
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +54,9 @@ def create_app(test_config=None):
 
 
 def register_extensions(app):
-    engine = database.build_engine(app.config, app.instance_path)
-    app_state = state.AppState(
-        engine=engine,
-        connections=database.ThreadConnections(engine),
-        session_lookup=session_lookup(app.config),
-        cursors=Cursors(signing_secret(app)),
-        session_guard=session_guard(app.config),
-        known_sessions=KnownSessions(),
-    )
-    state.init_app(app, app_state)
     database.init_app(app)
+    sessions.init_app(app)
+    listing.init_app(app, signing_secret(app))
     cors.init_app(app)
     ratelimit.init_app(app)
 

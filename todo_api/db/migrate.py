@@ -18,10 +18,10 @@ from alembic.runtime.migration import MigrationContext
 from flask import Flask, current_app
 from sqlalchemy.engine import Connection, Engine
 
-from todo_api.auth import token_digest
-from todo_api.db.connections import build_engine
+from todo_api.db import token_digest
+from todo_api.db.connections import get_engine
+from todo_api.db.engine import build_engine
 from todo_api.db.tables import auth_tables
-from todo_api.state import get_engine
 
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 

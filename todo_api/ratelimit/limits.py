@@ -6,8 +6,8 @@ lasts the limit's period; one counter increment per limit per request):
 - per client address (`RATELIMIT_PER_IP`): every route except `/health` and
   CORS preflights, unknown paths included.
 - per user (`RATELIMIT_PER_USER`): the `/api` routes, counted by `limit_user()`
-  right after authentication, keyed by `g.user_id` (by address if a request
-  ever gets there without a user).
+  right after authentication, keyed by the caller's user id (by address if a
+  request ever gets there without a user).
 - per client address on the documentation (`RATELIMIT_DOCS`): `/docs`, its
   files and `/openapi.json` share one budget, tighter than the general one:
   the page is a 1.7 MB bundle, served to anyone.
@@ -349,15 +349,14 @@ def count_request():
         raise exceeded(breached)
 
 
-def limit_user():
+def limit_user(user_id):
     """Count this request against the caller's per-user limit (and its address's); 429 when one is used up.
 
-    Call it after authentication, so the limit is keyed by the user. The
+    Call it after authentication, with the caller's user id. The
     request stays counted among the user's requests in progress until its
     teardown, whatever happens to it.
     """
     request_globals = g._get_current_object()
-    user_id = request_globals.get("user_id")
     extensions = current_app.extensions
     limits = extensions[RATE_LIMITS]
     if limits is not None:

@@ -2,16 +2,21 @@
 
 One row per endpoint. Subscribing an endpoint again replaces its keys and
 gives it to the caller: a browser profile that another user signs in to
-pushes that user's reminders from then on.
+pushes that user's reminders from then on. Each statement checks the
+caller's session (see `auth.sessions`).
 """
 
-from flask import Blueprint, current_app, g
-from sqlalchemy import DateTime, bindparam, delete
+import functools
 
-from todo_api.db.connections import get_db, per_dialect
+from flask import Blueprint, current_app, g
+from sqlalchemy import DateTime, bindparam, delete, select
+
+from todo_api.auth.sessions import Caller, NotAuthenticated, confirm_session, require_session
+from todo_api.db.connections import run_retrying_once
 from todo_api.db.tables import push_subscription
+from todo_api.db.upsert import DIALECT_INSERTS
+from todo_api.http.body import has_body, json_body
 from todo_api.openapi.operations import operation, request_body, response
-from todo_api.tasks.routes import has_body, json_body, require_session
 from todo_api.tasks.schemas import (
     SubscriptionEnvelopeSchema,
     UnsubscribedEnvelopeSchema,
@@ -21,18 +26,23 @@ from todo_api.tasks.schemas import (
 from todo_api.timezones import utcnow
 
 bp = Blueprint("notifications", __name__, url_prefix="/api/notifications")
-bp.before_request(require_session)
+require_session(bp)
 
 
-def _upsert(insert):
-    statement = insert(push_subscription).values(
-        user_id=bindparam("user_id"),
-        endpoint=bindparam("endpoint"),
-        p256dh=bindparam("p256dh"),
-        auth=bindparam("auth"),
-        created_at=bindparam("now", type_=DateTime),
-        updated_at=bindparam("now", type_=DateTime),
-    )
+@functools.lru_cache(maxsize=64)
+def _upsert(dialect: str, guard):
+    """Store a subscription (see the module's docstring) when `guard` (the caller's session) holds."""
+    column = push_subscription.c
+    columns = [column.user_id, column.endpoint, column.p256dh, column.auth, column.created_at, column.updated_at]
+    given = select(
+        bindparam("owner_id", type_=column.user_id.type),
+        bindparam("endpoint", type_=column.endpoint.type),
+        bindparam("p256dh", type_=column.p256dh.type),
+        bindparam("auth", type_=column.auth.type),
+        bindparam("now", type_=DateTime),
+        bindparam("now", type_=DateTime),
+    ).where(guard)
+    statement = DIALECT_INSERTS[dialect](push_subscription).from_select(columns, given)
     moved = {name: statement.excluded[name] for name in ("user_id", "p256dh", "auth", "updated_at")}
     return statement.on_conflict_do_update(index_elements=[push_subscription.c.endpoint], set_=moved).returning(
         push_subscription.c.id,
@@ -42,21 +52,25 @@ def _upsert(insert):
     )
 
 
-_SUBSCRIBE = per_dialect(_upsert)
-_UNSUBSCRIBE_ALL = delete(push_subscription).where(push_subscription.c.user_id == bindparam("user_id"))
+_UNSUBSCRIBE_ALL = delete(push_subscription).where(push_subscription.c.user_id == bindparam("owner_id"))
 _UNSUBSCRIBE = _UNSUBSCRIBE_ALL.where(push_subscription.c.endpoint == bindparam("endpoint"))
 
 
-def subscribe(db, user_id, subscription):
-    """Store a subscription for the user, in one statement; returns its row (without keys)."""
-    return db.execute(_SUBSCRIBE[db.dialect.name], {"user_id": user_id, "now": utcnow(), **subscription}).one()
+def subscribe(db, caller: Caller, subscription):
+    """Store a subscription for the caller, in one statement; returns its row (without keys)."""
+    statement = _upsert(db.dialect.name, caller.guard)
+    row = db.execute(statement, {**caller.params, "now": utcnow(), **subscription}).first()
+    if row is None:
+        raise NotAuthenticated()
+    return row
 
 
-def unsubscribe(db, user_id, endpoint=None):
-    """Remove one of the user's subscriptions, or all of them; returns how many were removed."""
+def unsubscribe(db, caller: Caller, endpoint=None):
+    """Remove one of the caller's subscriptions, or all of them; returns how many were removed (none when their
+    session is dead)."""
     if endpoint is None:
-        return db.execute(_UNSUBSCRIBE_ALL, {"user_id": user_id}).rowcount
-    return db.execute(_UNSUBSCRIBE, {"user_id": user_id, "endpoint": endpoint}).rowcount
+        return db.execute(caller.guarded(_UNSUBSCRIBE_ALL), caller.params).rowcount
+    return db.execute(caller.guarded(_UNSUBSCRIBE), {**caller.params, "endpoint": endpoint}).rowcount
 
 
 @bp.post("/subscribe")
@@ -72,7 +86,8 @@ def unsubscribe(db, user_id, endpoint=None):
 )
 def subscribe_view():
     schema = subscription_schemas[current_app.config["PUSH_ALLOW_INSECURE_ENDPOINTS"]]
-    row = subscribe(get_db(), g.user_id, json_body(schema))
+    subscription, caller = json_body(schema), g.caller
+    row = run_retrying_once(lambda db: subscribe(db, caller, subscription), writes=True)
     return {"data": dict(row._mapping)}
 
 
@@ -87,5 +102,8 @@ def subscribe_view():
 )
 def unsubscribe_view():
     """`{"endpoint": ...}` removes that subscription; no body (as the frontend sends it) removes them all."""
-    endpoint = json_body(unsubscribe_schema)["endpoint"] if has_body() else None
-    return {"data": {"ok": True, "deleted": unsubscribe(get_db(), g.user_id, endpoint)}}
+    endpoint, caller = json_body(unsubscribe_schema)["endpoint"] if has_body() else None, g.caller
+    deleted = run_retrying_once(lambda db: unsubscribe(db, caller, endpoint), writes=True)
+    if not deleted:  # as an empty list: answered only once the session is known to be live
+        confirm_session(caller)
+    return {"data": {"ok": True, "deleted": deleted}}

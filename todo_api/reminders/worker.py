@@ -51,8 +51,9 @@ import orjson
 from sqlalchemy import DateTime, and_, bindparam, delete, exists, not_, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
-from todo_api.db.connections import DIALECT_INSERTS, get_engine, transaction
+from todo_api.db.connections import get_engine, transaction
 from todo_api.db.tables import next_version, push_delivery, push_subscription, task, user_settings
+from todo_api.db.upsert import DIALECT_INSERTS
 from todo_api.reminders.push import PushSender, signer_from_config
 from todo_api.timezones import utc_to_local, utcnow
 

@@ -6,7 +6,7 @@ forward (see `tables.next_version`), so the ETag changes with every change and
 costs nothing to compute: both values are in the row already.
 
 If-Match is turned into the versions it names, and the write itself checks
-them (`task_store.write_task`: in its WHERE clause, or on the locked row), so
+them (`store.write_task`: in its WHERE clause, or on the locked row), so
 the check and the change are atomic.
 """
 

@@ -7,7 +7,8 @@ claim, task and stored response exist together or not at all. A retry with the
 same key and the same fields gets the stored response back, byte for byte, with
 the task's ETag as it was created (the key's `created_at` is the task's first
 version: one moment for both); the same key with other fields is refused (422). Keys belong to one user and live
-24 hours, after which the key may be used again.
+24 hours, after which the key may be used again. A dead session neither
+creates nor replays (401), and its claim is undone with the transaction.
 
 Concurrent requests with one key meet at the table's primary key: the second
 insert waits for the first transaction and then finds the key taken, so
@@ -26,8 +27,10 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Connection, Row
 from werkzeug.exceptions import UnprocessableEntity
 
-from todo_api.db.connections import per_dialect, transaction
+from todo_api.auth.sessions import Caller, NotAuthenticated
+from todo_api.db.connections import transaction
 from todo_api.db.tables import MAX_IDEMPOTENCY_KEY_LENGTH, idempotency_key
+from todo_api.db.upsert import upsert_per_dialect
 from todo_api.tasks.store import Values, create_task
 from todo_api.timezones import utcnow
 
@@ -82,7 +85,7 @@ def _this_key(statement):
     )
 
 
-_CLAIM = per_dialect(_claim)
+_CLAIM = upsert_per_dialect(_claim)
 _STORED = _this_key(
     select(
         idempotency_key.c.request_hash,
@@ -108,8 +111,8 @@ class Created(NamedTuple):
     replayed: bool
 
 
-def create_task_once(db: Connection, user_id: str, key: str, fields: Values, render: Callable[[Row], str]) -> Created:
-    """Create the task for this key once.
+def create_task_once(db: Connection, caller: Caller, key: str, fields: Values, render: Callable[[Row], str]) -> Created:
+    """Create the caller's task for this key once.
 
     `render(row)` turns the created task into the response body (JSON text),
     which is stored and given back to every retry while the key lives.
@@ -117,15 +120,17 @@ def create_task_once(db: Connection, user_id: str, key: str, fields: Values, ren
     now = utcnow()
     cutoff = now - KEY_LIFETIME
     request_hash = fingerprint(fields)
-    params = {"owner_id": user_id, "idempotency_key": key}
+    params = {"owner_id": caller.user_id, "idempotency_key": key}
     with transaction(db):
         claimed = db.execute(
             _CLAIM[db.dialect.name], {**params, "fingerprint": request_hash, "now": now, "cutoff": cutoff}
         ).first()
         if claimed is None:
-            stored = db.execute(_STORED, params).one()
+            stored = db.execute(caller.guarded(_STORED), {**params, **caller.params}).first()
+            if stored is None:  # the key is taken, so only a dead session finds nothing
+                raise NotAuthenticated()
         else:
-            row = create_task(db, user_id, fields, now=now)
+            row = create_task(db, caller, fields, now=now)
             body = render(row)
             db.execute(_STORE_RESPONSE, {**params, "created_task_id": row.id, "body": body})
     if claimed is None:
@@ -134,5 +139,5 @@ def create_task_once(db: Connection, user_id: str, key: str, fields: Values, ren
         return Created(stored.response, stored.task_id, stored.created_at, replayed=True)
     # A new key is the moment to drop this user's expired ones: an index range
     # scan of (user_id, created_at), outside the transaction above.
-    db.execute(_FORGET_EXPIRED, {"owner_id": user_id, "cutoff": cutoff})
+    db.execute(_FORGET_EXPIRED, {"owner_id": caller.user_id, "cutoff": cutoff})
     return Created(body, row.id, row.updated_at, replayed=False)

@@ -33,6 +33,7 @@ import logging
 from datetime import datetime
 
 import orjson
+from flask import Flask, current_app
 from itsdangerous import BadSignature, URLSafeSerializer
 from marshmallow import ValidationError
 from psycopg2.errors import QueryCanceled
@@ -41,11 +42,13 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import ServiceUnavailable
 
-from todo_api.db.connections import fetch, transaction
+from todo_api.auth.sessions import Caller
+from todo_api.db.connections import transaction
+from todo_api.db.driver import run_on_driver
 from todo_api.db.tables import MAX_TASK_ID, PRIORITIES, task
 from todo_api.http.json import OPTIONS as JSON_OPTIONS
 from todo_api.tasks.schemas import ListQuery, WallClock, storable_text
-from todo_api.tasks.store import SessionCheck, time_zone_name_sql, time_zone_of
+from todo_api.tasks.store import time_zone_name_sql, time_zone_of
 from todo_api.timezones import local_to_utc, utcnow
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,7 @@ SORT_KEYS = {
 }
 DATETIME_KEYS = {"created_at", "updated_at", "due_date"}
 CURSOR_SALT = "todo-api.task-cursor"
+_EXTENSION = "todo_api.cursors"
 
 
 def escape_like(value):
@@ -214,6 +218,15 @@ class Cursors:
         return cursor_value(sort_by, value), last_id
 
 
+def init_app(app: Flask, secret: str) -> None:
+    """Sign page cursors with `secret`."""
+    app.extensions[_EXTENSION] = Cursors(secret)
+
+
+def get_cursors(app: Flask | None = None) -> Cursors:
+    return (app or current_app).extensions[_EXTENSION]
+
+
 def list_statement(user_id, query: ListQuery, dialect, cursors):
     """The SELECT for one page (one row more than asked, to tell whether more follow)."""
     sort_by, descending = query.sort_by, query.descending
@@ -246,14 +259,13 @@ def is_plain(query: ListQuery) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def plain_list_statement(status: str, sort_by: str, descending: bool, guard=None):
-    """The SELECT of a plain list (`is_plain`), under the session's `guard` if given: its parameters are
+def plain_list_statement(status: str, sort_by: str, descending: bool, guard):
+    """The SELECT of a plain list (`is_plain`), under the caller's session's `guard`: its parameters are
     `owner_id`, `page_limit` (one more than the page) and the guard's. Built once per shape (30 at most)."""
     statement = select(task).where(task.c.user_id == bindparam("owner_id"))
     if status != "all":
         statement = statement.where(task.c.completed.is_(status == "completed"))
-    if guard is not None:
-        statement = statement.where(guard)
+    statement = statement.where(guard)
     return statement.order_by(*order_by(sort_by, descending)).limit(bindparam("page_limit"))
 
 
@@ -283,25 +295,21 @@ class SearchTooSlow(ServiceUnavailable):
     description = "The search took too long; try a more specific keyword"
 
 
-def find_tasks(db, user_id, query: ListQuery, cursors, search_timeout_ms=0, session: SessionCheck | None = None):
-    """The rows of one page, and one more when more follow.
+def find_tasks(db, caller: Caller, query: ListQuery, cursors, search_timeout_ms=0):
+    """The rows of one page of the caller's tasks, and one more when more follow; none when their session is
+    dead (the SELECT checks it).
 
     On Postgres a search runs in a transaction of its own that holds the search
     word in a setting (`SEARCH_SETTING`); its SELECT is bounded by
     `search_timeout_ms` (0: the database's default statement timeout), and a
-    cancelled search is `SearchTooSlow`. Under `session`, the SELECT checks
-    the caller's session too (no rows when it is dead).
+    cancelled search is `SearchTooSlow`.
     """
-    params = {"owner_id": user_id} if session is None else {"owner_id": user_id, "digest": session.digest}
+    params = caller.params
     if is_plain(query):
-        guard = None if session is None else session.guard
-        statement = plain_list_statement(query.status, query.sort_by, query.descending, guard)
-        return fetch(db, statement, {**params, "page_limit": page_size(query) + 1})
-    statement = list_statement(user_id, placed_in_zone(db, user_id, query), db.dialect.name, cursors)
-    if session is None:
-        params = {}
-    else:
-        statement = statement.where(session.guard)
+        statement = plain_list_statement(query.status, query.sort_by, query.descending, caller.guard)
+        return run_on_driver(db, statement, {**params, "page_limit": page_size(query) + 1})
+    query = placed_in_zone(db, caller.user_id, query)
+    statement = list_statement(caller.user_id, query, db.dialect.name, cursors).where(caller.guard)
     if not query.q or db.dialect.name != "postgresql":
         return db.execute(statement, params).all()
     options = {"statement_timeout_ms": search_timeout_ms} if search_timeout_ms else {}

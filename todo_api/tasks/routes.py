@@ -1,25 +1,24 @@
-"""The tasks API: each view parses with a schema, does one thing, serializes.
+"""The tasks API: each view parses with a schema, runs one operation of the store on the request's
+connection (`run_retrying_once`), and serializes.
 
-Every response that carries one task carries its ETag; writes to one task
-honour If-Match (see `conditional`), and creates honour Idempotency-Key (see
-`idempotency`).
+Every route checks the caller's session in one way (`auth.require_session`):
+the store's statements check it, and whatever a view answers but their rows
+waits for the session's confirmation. Every response that carries one task
+carries its ETag; writes to one task honour If-Match (see `conditional`), and
+creates honour Idempotency-Key (see `idempotency`).
 """
 
 import functools
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
-from marshmallow import ValidationError
-from werkzeug.exceptions import HTTPException
 
-from todo_api.auth.sessions import authenticate, confirm_session
-from todo_api.db.connections import get_db, on_live_connection
+from todo_api.auth.sessions import confirm_session, require_session
+from todo_api.db.connections import run_retrying_once
+from todo_api.http.body import has_body, json_body
 from todo_api.http.json import OPTIONS as JSON_OPTIONS
 from todo_api.openapi.operations import operation, request_body, response
-from todo_api.ratelimit.limits import limit_user
-from todo_api.state import app_state, get_cursors
-from todo_api.tasks import idempotency, listing
-from todo_api.tasks import store as task_store
+from todo_api.tasks import idempotency, listing, store
 from todo_api.tasks.conditional import etag, etag_of, if_match_versions, not_modified
 from todo_api.tasks.schemas import (
     ChangedTaskEnvelopeSchema,
@@ -37,6 +36,7 @@ from todo_api.tasks.schemas import (
 )
 
 bp = Blueprint("tasks", __name__, url_prefix="/api")
+require_session(bp)
 
 LIST_DESCRIPTION = (
     "The caller's tasks, newest first unless sorted otherwise. Filters combine; ties break on `id`. Without "
@@ -51,50 +51,6 @@ CHANGED_TASK = response(
 )
 
 
-@bp.before_request
-def require_session():
-    current = request._get_current_object()  # one context lookup, not one per attribute
-    if current.method != "OPTIONS":  # CORS preflights carry no credentials
-        view = current_app.view_functions.get(current.endpoint)
-        authenticate(deferred=getattr(view, "session_in_statement", False))
-        limit_user()  # after authentication: the per-user limit is keyed by the user
-
-
-def session_in_statement(view):
-    """A route whose statements check the caller's session themselves (`caller`, see `auth`): one round
-    trip per request.
-
-    Whatever else it answers (404, 412, 422, 400, 415) is answered only once the
-    session is known to be live: a dead one is 401, whatever the request holds.
-    """
-
-    @functools.wraps(view)
-    def checked(**kwargs):
-        try:
-            return view(**kwargs)
-        except (HTTPException, ValidationError):
-            confirm_session()
-            raise
-
-    checked.session_in_statement = True
-    return checked
-
-
-def caller():
-    """The caller's user id, and their session for the statements to check (see `task_store.SessionCheck`)."""
-    request_globals = g._get_current_object()  # one context lookup for both
-    return request_globals.user_id, task_store.SessionCheck(app_state().session_guard, request_globals.session_digest)
-
-
-def json_body(schema):
-    """The request body, validated; 400 if malformed, 415 if not JSON."""
-    return schema.load(request.get_json())
-
-
-def has_body():
-    return bool(request.content_length) or request.environ.get("HTTP_TRANSFER_ENCODING") == "chunked"
-
-
 def list_query(schema) -> ListQuery:
     """The request's list query, loaded by `schema`; without a query string, what `schema` loads from none."""
     args = request.args
@@ -106,16 +62,15 @@ def loaded_from_nothing(schema) -> ListQuery:
     return schema.load({})  # the same every time (a frozen ListQuery): loaded once per schema
 
 
-def list_page(query: ListQuery, user_id: str, session: task_store.SessionCheck | None = None):
-    """One page of the user's tasks, at most RESPONSE_MAX_BYTES long (see `listing.page_body`).
-
-    Under `session`, an empty page is answered only once the session is known to be live."""
-    app = current_app._get_current_object()
-    config, cursors = app.config, get_cursors(app)
+def list_page(query: ListQuery):
+    """One page of the caller's tasks, at most RESPONSE_MAX_BYTES long (see `listing.page_body`); an empty page
+    only once their session is known to be live."""
+    app, caller = current_app._get_current_object(), g.caller
+    config, cursors = app.config, listing.get_cursors(app)
     timeout = config["SEARCH_STATEMENT_TIMEOUT_MS"]
-    rows = on_live_connection(lambda db: listing.find_tasks(db, user_id, query, cursors, timeout, session))
-    if not rows and session is not None:
-        confirm_session()
+    rows = run_retrying_once(lambda db: listing.find_tasks(db, caller, query, cursors, timeout), writes=False)
+    if not rows:
+        confirm_session(caller)
     body = listing.page_body(rows, query, cursors, task_output, config["RESPONSE_MAX_BYTES"])
     return Response(body, mimetype="application/json")
 
@@ -151,10 +106,8 @@ def created_under_key(created: idempotency.Created):
 
 @bp.get("/tasks")
 @operation("List tasks", description=LIST_DESCRIPTION, query=list_query_schema, response=TASK_LIST)
-@session_in_statement
 def list_tasks():
-    user_id, session = caller()
-    return list_page(list_query(list_query_schema), user_id, session)
+    return list_page(list_query(list_query_schema))
 
 
 @bp.get("/tasks/filter-sort")
@@ -167,7 +120,7 @@ def list_tasks():
 )
 def filter_sort_tasks():
     """The list, oldest first unless `sort_order` says otherwise (the frontend sends none)."""
-    return list_page(list_query(filter_sort_query_schema), g.user_id)
+    return list_page(list_query(filter_sort_query_schema))
 
 
 @bp.get("/tasks/search")
@@ -180,7 +133,7 @@ def filter_sort_tasks():
     response=TASK_LIST,
 )
 def search_tasks():
-    return list_page(list_query(search_query_schema), g.user_id)
+    return list_page(list_query(search_query_schema))
 
 
 @bp.post("/tasks")
@@ -191,27 +144,22 @@ def search_tasks():
     etag=True,
     idempotent=True,
 )
-@session_in_statement
 def create_task():
     fields = json_body(task_create_schema)
-    key = idempotency.request_key()
+    key, caller = idempotency.request_key(), g.caller
     if key is None:
-        user_id, session = caller()
-        row = on_live_connection(lambda db: task_store.create_task(db, user_id, fields, session=session), True)
-        if row is None:  # the session is dead, or died just now
-            confirm_session()
-            row = task_store.create_task(get_db(), g.user_id, fields)
-        return one_task(row)
-    confirm_session()
-    return created_under_key(idempotency.create_task_once(get_db(), g.user_id, key, fields, created_body))
+        return one_task(run_retrying_once(lambda db: store.create_task(db, caller, fields), writes=True))
+    created = run_retrying_once(
+        lambda db: idempotency.create_task_once(db, caller, key, fields, created_body), writes=True
+    )
+    return created_under_key(created)
 
 
 @bp.get("/tasks/<int(signed=True):task_id>")
 @operation("Get a task", response=TASK, etag=True, conditional=True, errors=[404])
-@session_in_statement
 def get_task(task_id):
-    user_id, session = caller()
-    row = on_live_connection(lambda db: task_store.get_task(db, user_id, task_id, session))
+    caller = g.caller
+    row = run_retrying_once(lambda db: store.get_task(db, caller, task_id), writes=False)
     if not_modified(row):
         return "", 304, {"ETag": etag(row)}
     return one_task(row)
@@ -227,21 +175,17 @@ def get_task(task_id):
     conditional=True,
     errors=[404],
 )
-@session_in_statement
 def update_task(task_id):
-    changes = json_body(task_update_schema)
-    versions, (user_id, session) = if_match_versions(task_id), caller()
-    return task_and_next(
-        *on_live_connection(lambda db: task_store.update_task(db, user_id, task_id, changes, versions, session), True)
-    )
+    changes, versions, caller = json_body(task_update_schema), if_match_versions(task_id), g.caller
+    written = run_retrying_once(lambda db: store.update_task(db, caller, task_id, changes, versions), writes=True)
+    return task_and_next(*written)
 
 
 @bp.delete("/tasks/<int(signed=True):task_id>")
 @operation("Delete a task", response=response("Deleted.", DeletedEnvelopeSchema), conditional=True, errors=[404])
-@session_in_statement
 def delete_task(task_id):
-    versions, (user_id, session) = if_match_versions(task_id), caller()
-    on_live_connection(lambda db: task_store.delete_task(db, user_id, task_id, versions, session), writes=True)
+    versions, caller = if_match_versions(task_id), g.caller
+    run_retrying_once(lambda db: store.delete_task(db, caller, task_id, versions), writes=True)
     return {"data": {"ok": True}}
 
 
@@ -256,21 +200,21 @@ def delete_task(task_id):
     conditional=True,
     errors=[404],
 )
-@session_in_statement
 def complete_task(task_id):
     """No body toggles; `{"completed": bool}` sets, so a retry cannot flip it back."""
-    versions, (user_id, session) = if_match_versions(task_id), caller()
+    versions, caller = if_match_versions(task_id), g.caller
     if has_body():
         completed = json_body(completion_schema)["completed"]
-        written = on_live_connection(
-            lambda db: task_store.set_task_completed(db, user_id, task_id, completed, versions, session), True
+        written = run_retrying_once(
+            lambda db: store.set_task_completed(db, caller, task_id, completed, versions), writes=True
         )
     else:
-        written = on_live_connection(lambda db: task_store.toggle_task(db, user_id, task_id, versions, session), True)
+        written = run_retrying_once(lambda db: store.toggle_task(db, caller, task_id, versions), writes=True)
     return task_and_next(*written)
 
 
 @bp.patch("/tasks/<int(signed=True):task_id>/mark-reminder-sent")
 @operation("Mark a task's reminder as sent", response=TASK, etag=True, conditional=True, errors=[404])
 def mark_reminder_sent(task_id):
-    return one_task(task_store.mark_reminder_sent(get_db(), g.user_id, task_id, if_match_versions(task_id)))
+    versions, caller = if_match_versions(task_id), g.caller
+    return one_task(run_retrying_once(lambda db: store.mark_reminder_sent(db, caller, task_id, versions), writes=True))

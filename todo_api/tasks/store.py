@@ -2,6 +2,12 @@
 
 Rules every function here keeps:
 
+- Every function the routes call takes the `Caller`, and every statement it
+  runs on their data checks their session in its WHERE clause
+  (`Caller.guarded`): a dead session finds nothing, as a missing task does,
+  and the route's error then waits for the session's confirmation (see
+  `auth.sessions`). A create or a time zone, which always find something for
+  a live session, are refused with 401 when they find nothing.
 - Every statement that touches a task filters by the caller's user id and the
   task's id in SQL (`_owned`); no row means 404, so a foreign task, a missing
   one and an id that cannot exist answer alike.
@@ -24,7 +30,6 @@ zone there; statements that need no zone never read it.
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -35,8 +40,11 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql import ColumnElement, Executable
 from werkzeug.exceptions import NotFound, PreconditionFailed
 
-from todo_api.db.connections import fetch, per_dialect, transaction
+from todo_api.auth.sessions import Caller, NotAuthenticated
+from todo_api.db.connections import transaction
+from todo_api.db.driver import run_on_driver
 from todo_api.db.tables import MAX_TASK_ID, next_version, task, user_settings
+from todo_api.db.upsert import DIALECT_INSERTS
 from todo_api.tasks.recurrence import RECURRING_NEEDS_DUE_DATE, next_occurrence
 from todo_api.timezones import DEFAULT_TIME_ZONE, local_to_utc, utcnow, zone
 
@@ -46,31 +54,6 @@ Values = dict[str, Any]
 """Column name to value."""
 Written = tuple[Row, Row | None]
 """A task as written, and the next occurrence that completing it created, if any."""
-
-
-@dataclass(frozen=True)
-class SessionCheck:
-    """The caller's session, checked by each statement that touches their tasks, in its own WHERE clause.
-
-    `guard` is `auth.session_guard` (it binds `digest` and `owner_id`); a
-    statement under it finds no row when the session is dead, exactly as for a
-    missing task, and the route then tells the two apart (`auth.confirm_session`).
-    """
-
-    guard: ColumnElement
-    digest: bytes
-
-
-@functools.cache
-def _guarded(statement, guard):
-    return statement.where(guard)
-
-
-def checked(statement, params: Values, session: SessionCheck | None):
-    """The statement and its parameters, under the session's check when there is one."""
-    if session is None:
-        return statement, params
-    return _guarded(statement, session.guard), {**params, "digest": session.digest}
 
 
 class NoSuchTask(NotFound):
@@ -102,25 +85,35 @@ def local_to_utc_sql(zone_name, local) -> ColumnElement:
 _TIME_ZONE_NAME = select(time_zone_name_sql(bindparam("owner_id")))
 
 
-def time_zone_name_of(db: Connection, user_id: str) -> str:
-    return db.execute(_TIME_ZONE_NAME, {"owner_id": user_id}).scalar_one()
+def time_zone_name_of(db: Connection, caller: Caller) -> str:
+    """The name of the caller's time zone."""
+    name = db.execute(caller.guarded(_TIME_ZONE_NAME), caller.params).scalar_one_or_none()
+    if name is None:
+        raise NotAuthenticated()
+    return name
 
 
 def time_zone_of(db: Connection, user_id: str) -> ZoneInfo:
-    return zone(time_zone_name_of(db, user_id))
+    """The user's zone, for an operation whose own statements check the caller's session."""
+    return zone(db.execute(_TIME_ZONE_NAME, {"owner_id": user_id}).scalar_one())
 
 
-def _store_time_zone(dialect_insert):
-    statement = dialect_insert(user_settings).values(
-        user_id=bindparam("owner_id"), time_zone=bindparam("zone_name"), updated_at=bindparam("now")
-    )
+@functools.lru_cache(maxsize=64)
+def _store_time_zone(dialect: str, guard: ColumnElement):
+    """Insert or replace the user's time zone, under `guard` (the caller's session): returns a row only then."""
+    columns = [user_settings.c.user_id, user_settings.c.time_zone, user_settings.c.updated_at]
+    given = select(
+        bindparam("owner_id", type_=user_settings.c.user_id.type),
+        bindparam("zone_name", type_=user_settings.c.time_zone.type),
+        bindparam("now", type_=DateTime),
+    ).where(guard)
+    statement = DIALECT_INSERTS[dialect](user_settings).from_select(columns, given)
     return statement.on_conflict_do_update(
         index_elements=[user_settings.c.user_id],
         set_={"time_zone": statement.excluded.time_zone, "updated_at": statement.excluded.updated_at},
-    )
+    ).returning(user_settings.c.user_id)
 
 
-_STORE_TIME_ZONE = per_dialect(_store_time_zone)
 # Tasks on the wall clock keep their day and time in the new zone: their instants move.
 _FOLLOW_TIME_ZONE = (
     update(task)
@@ -134,15 +127,17 @@ _FOLLOW_TIME_ZONE = (
 )
 
 
-def change_time_zone(db: Connection, user_id: str, zone_name: str) -> None:
-    """Set the user's time zone; in the same transaction, move the instants of their wall-clock tasks.
+def change_time_zone(db: Connection, caller: Caller, zone_name: str) -> None:
+    """Set the caller's time zone; in the same transaction, move the instants of their wall-clock tasks.
 
     Tasks given with an offset keep their instants. The tasks' shown values do
     not change, and neither do their versions (`updated_at`, the ETag).
     """
-    params = {"owner_id": user_id, "zone_name": zone_name}
+    params = {"owner_id": caller.user_id, "zone_name": zone_name}
     with transaction(db):
-        db.execute(_STORE_TIME_ZONE[db.dialect.name], {**params, "now": utcnow()})
+        upsert = _store_time_zone(db.dialect.name, caller.guard)
+        if db.execute(upsert, {**caller.params, **params, "now": utcnow()}).first() is None:
+            raise NotAuthenticated()
         db.execute(_FOLLOW_TIME_ZONE, params)
 
 
@@ -171,7 +166,6 @@ _ON_THE_WALL_CLOCK = {
     ),
     "remind_local": bindparam("given_remind_local", type_=DateTime),
 }
-_INSERT_ON_THE_WALL_CLOCK = insert(task).values(_ON_THE_WALL_CLOCK).returning(*task.c)
 _GIVEN = {name: f"given_{name}" for name in ("due_date", "due_local", "remind_at", "remind_local")}
 _SELECT = _owned(select(task))
 _SELECT_FOR_UPDATE = _SELECT.with_for_update()
@@ -186,8 +180,8 @@ _TOGGLE_UNLESS_RECURRING = (
 )
 
 
-@functools.cache
-def _insert_checked(guard, on_the_wall_clock: bool):
+@functools.lru_cache(maxsize=64)
+def _insert_guarded(guard: ColumnElement, on_the_wall_clock: bool):
     """INSERT ... SELECT: the task is inserted only when `guard` (the caller's session) holds."""
     columns = [column for column in task.c if column.name != "id"]
     given = _ON_THE_WALL_CLOCK if on_the_wall_clock else {}
@@ -250,19 +244,14 @@ SCHEDULE_FIELDS = frozenset({"due_date", "due_all_day", "due_local", "remind_at"
 
 
 def owned_row(
-    db: Connection,
-    statement: Executable,
-    user_id: str,
-    task_id: int,
-    params: Values | None = None,
-    session: SessionCheck | None = None,
+    db: Connection, statement: Executable, caller: Caller, task_id: int, params: Values | None = None
 ) -> Row | None:
-    """The row that `statement`, which filters by task and owner (`_owned`), returns for this task of this
-    user; None when there is none for them (an id beyond SERIAL's range is not even looked up)."""
+    """The row that `statement`, which filters by task and owner (`_owned`), returns for this task of the
+    caller's, under their session's check; None when there is none for them (an id beyond SERIAL's range is
+    not even looked up)."""
     if not 0 < task_id <= MAX_TASK_ID:
         return None
-    params = {"task_key": task_id, "owner_id": user_id, **(params or {})}
-    rows = fetch(db, *checked(statement, params, session))
+    rows = run_on_driver(db, caller.guarded(statement), {"task_key": task_id, **caller.params, **(params or {})})
     return rows[0] if rows else None
 
 
@@ -274,13 +263,12 @@ def _found(row: Row | None) -> Row:
 
 def write_task(
     db: Connection,
-    user_id: str,
+    caller: Caller,
     task_id: int,
     versions: Versions,
     statement: Executable | None,
     params: Values,
     changes_for: Callable[[Row], Values] | None = None,
-    session: SessionCheck | None = None,
 ) -> Written:
     """Write one of the caller's tasks: a single statement when it can, else a transaction.
 
@@ -290,28 +278,23 @@ def write_task(
     transaction (a recurring one); when no tag can match, it is not even sent.
     Then, given `changes_for(current row) -> changes`, the transaction
     (`_write_locked`) decides; a write without one answers 412 if the task
-    exists, else 404. Under `session`, every statement checks the caller's session too.
+    exists, else 404.
     """
     if statement is not None and (versions is None or versions):
         if versions is not None:
             statement, params = _only_at_versions(statement), {**params, "versions": list(versions)}
-        row = owned_row(db, statement, user_id, task_id, params, session)
+        row = owned_row(db, statement, caller, task_id, params)
         if row is not None:
             return row, None
     if changes_for is not None:
-        return _write_locked(db, user_id, task_id, versions, changes_for, session)
-    if versions is not None and owned_row(db, _SELECT, user_id, task_id, session=session) is not None:
+        return _write_locked(db, caller, task_id, versions, changes_for)
+    if versions is not None and owned_row(db, _SELECT, caller, task_id) is not None:
         raise StaleTask()
     raise NoSuchTask()
 
 
 def _write_locked(
-    db: Connection,
-    user_id: str,
-    task_id: int,
-    versions: Versions,
-    changes_for: Callable[[Row], Values],
-    session: SessionCheck | None = None,
+    db: Connection, caller: Caller, task_id: int, versions: Versions, changes_for: Callable[[Row], Values]
 ) -> Written:
     """Change a task in one transaction, with its row locked and seen first.
 
@@ -321,12 +304,12 @@ def _write_locked(
     completed, creates its next occurrence.
     """
     with transaction(db):
-        current = _found(owned_row(db, _SELECT_FOR_UPDATE, user_id, task_id, session=session))
+        current = _found(owned_row(db, _SELECT_FOR_UPDATE, caller, task_id))
         if versions is not None and current.updated_at not in versions:
             raise StaleTask()
         # Read after the row is locked, and only when needed: a zone change that
         # moved this task has committed by now, or waits for this transaction.
-        time_zone = functools.cache(lambda: time_zone_of(db, user_id))
+        time_zone = functools.cache(lambda: time_zone_of(db, caller.user_id))
         changes = on_the_wall_clock(changes_for(current), time_zone)
         after = {**current._mapping, **changes}
         if after["recurrence_pattern"] and after["due_date"] is None:
@@ -335,7 +318,7 @@ def _write_locked(
             changes["reminder_sent"] = False
         if not changes:
             return current, None
-        row = _found(owned_row(db, _update(frozenset(changes)), user_id, task_id, {**changes, "now": utcnow()}))
+        row = _found(owned_row(db, _update(frozenset(changes)), caller, task_id, {**changes, "now": utcnow()}))
         next_task = None
         if row.completed and not current.completed and row.recurrence_pattern:
             upcoming = next_occurrence(row, time_zone())
@@ -366,12 +349,9 @@ def on_the_wall_clock(changes: Values, time_zone: Callable[[], ZoneInfo]) -> Val
 # -- The operations the routes call -----------------------------------------------
 
 
-def create_task(
-    db: Connection, user_id: str, fields: Values, now: datetime | None = None, session: SessionCheck | None = None
-) -> Row:
-    """Insert a task; `now` (naive UTC) is its creation time and first version, by default the clock's.
-
-    Under `session`, the task is inserted only if the session is live: None when it is not."""
+def create_task(db: Connection, caller: Caller, fields: Values, now: datetime | None = None) -> Row:
+    """Insert a task of the caller's, if their session is live (else 401); `now` (naive UTC) is its creation
+    time and first version, by default the clock's."""
     now = now or utcnow()
     values = {
         "description": None,
@@ -385,7 +365,7 @@ def create_task(
         "remind_at": None,
         "remind_local": None,
         **fields,
-        "user_id": user_id,
+        "user_id": caller.user_id,
         "completed": False,
         "reminder_sent": False,
         "created_at": now,
@@ -393,30 +373,22 @@ def create_task(
     }
     on_the_wall_clock = values["due_local"] is not None or values["remind_local"] is not None
     if on_the_wall_clock:
-        values = {**{_GIVEN.get(name, name): value for name, value in values.items()}, "owner_id": user_id}
-    if session is not None:
-        statement = _insert_checked(session.guard, on_the_wall_clock)
-        rows = fetch(db, statement, {**values, "owner_id": user_id, "digest": session.digest})
-        return rows[0] if rows else None
-    return db.execute(_INSERT_ON_THE_WALL_CLOCK if on_the_wall_clock else _INSERT, values).one()
+        values = {_GIVEN.get(name, name): value for name, value in values.items()}
+    rows = run_on_driver(db, _insert_guarded(caller.guard, on_the_wall_clock), {**values, **caller.params})
+    if not rows:
+        raise NotAuthenticated()
+    return rows[0]
 
 
-def get_task(db: Connection, user_id: str, task_id: int, session: SessionCheck | None = None) -> Row:
-    return _found(owned_row(db, _SELECT, user_id, task_id, session=session))
+def get_task(db: Connection, caller: Caller, task_id: int) -> Row:
+    return _found(owned_row(db, _SELECT, caller, task_id))
 
 
-def update_task(
-    db: Connection,
-    user_id: str,
-    task_id: int,
-    changes: Values,
-    versions: Versions = None,
-    session: SessionCheck | None = None,
-) -> Written:
+def update_task(db: Connection, caller: Caller, task_id: int, changes: Values, versions: Versions = None) -> Written:
     """Apply a partial update (only the fields sent change)."""
     statement = _single_statement_update(changes)
     params = {**changes, "now": utcnow()}
-    return write_task(db, user_id, task_id, versions, statement, params, lambda _: changes, session)
+    return write_task(db, caller, task_id, versions, statement, params, lambda _: changes)
 
 
 def _single_statement_update(changes: Values) -> Executable | None:
@@ -436,12 +408,10 @@ def _single_statement_update(changes: Values) -> Executable | None:
     return _update_moving_the_reminder(fields, "recurrence_pattern" in fields)
 
 
-def toggle_task(
-    db: Connection, user_id: str, task_id: int, versions: Versions = None, session: SessionCheck | None = None
-) -> Written:
+def toggle_task(db: Connection, caller: Caller, task_id: int, versions: Versions = None) -> Written:
     """Flip `completed`."""
     params = {"now": utcnow()}
-    return write_task(db, user_id, task_id, versions, _TOGGLE_UNLESS_RECURRING, params, _toggled, session)
+    return write_task(db, caller, task_id, versions, _TOGGLE_UNLESS_RECURRING, params, _toggled)
 
 
 def _toggled(current: Row) -> Values:
@@ -449,26 +419,19 @@ def _toggled(current: Row) -> Values:
 
 
 def set_task_completed(
-    db: Connection,
-    user_id: str,
-    task_id: int,
-    completed: bool,
-    versions: Versions = None,
-    session: SessionCheck | None = None,
+    db: Connection, caller: Caller, task_id: int, completed: bool, versions: Versions = None
 ) -> Written:
     """Set `completed`, so a retried request cannot flip it back."""
     # Only completing creates an occurrence: marking a recurring task not done is one statement too.
     statement = _update_unless_recurring(COMPLETED) if completed else _update(COMPLETED)
     params = {"completed": completed, "now": utcnow()}
-    return write_task(db, user_id, task_id, versions, statement, params, lambda _: {"completed": completed}, session)
+    return write_task(db, caller, task_id, versions, statement, params, lambda _: {"completed": completed})
 
 
-def mark_reminder_sent(db: Connection, user_id: str, task_id: int, versions: Versions = None) -> Row:
+def mark_reminder_sent(db: Connection, caller: Caller, task_id: int, versions: Versions = None) -> Row:
     params = {"reminder_sent": True, "now": utcnow()}
-    return write_task(db, user_id, task_id, versions, _update(REMINDER_SENT), params)[0]
+    return write_task(db, caller, task_id, versions, _update(REMINDER_SENT), params)[0]
 
 
-def delete_task(
-    db: Connection, user_id: str, task_id: int, versions: Versions = None, session: SessionCheck | None = None
-) -> None:
-    write_task(db, user_id, task_id, versions, _DELETE, {}, session=session)
+def delete_task(db: Connection, caller: Caller, task_id: int, versions: Versions = None) -> None:
+    write_task(db, caller, task_id, versions, _DELETE, {})

@@ -6,14 +6,15 @@ dates and reminders given without an offset are read.
 
 from flask import Blueprint, g
 
-from todo_api.db.connections import get_db
+from todo_api.auth.sessions import require_session
+from todo_api.db.connections import run_retrying_once
+from todo_api.http.body import json_body
 from todo_api.openapi.operations import operation, request_body, response
-from todo_api.tasks import store as task_store
-from todo_api.tasks.routes import json_body, require_session
+from todo_api.tasks import store
 from todo_api.tasks.schemas import SettingsEnvelopeSchema, settings_schema
 
 bp = Blueprint("settings", __name__, url_prefix="/api")
-bp.before_request(require_session)
+require_session(bp)
 
 
 @bp.get("/settings")
@@ -24,7 +25,8 @@ bp.before_request(require_session)
     tag="settings",
 )
 def get_settings():
-    return {"data": {"time_zone": task_store.time_zone_name_of(get_db(), g.user_id)}}
+    caller = g.caller
+    return {"data": {"time_zone": run_retrying_once(lambda db: store.time_zone_name_of(db, caller), writes=False)}}
 
 
 @bp.put("/settings")
@@ -38,6 +40,6 @@ def get_settings():
 )
 def put_settings():
     """Set the time zone; wall-clock tasks keep their day and time in it (their instants move)."""
-    time_zone = json_body(settings_schema)["time_zone"]
-    task_store.change_time_zone(get_db(), g.user_id, time_zone)
+    time_zone, caller = json_body(settings_schema)["time_zone"], g.caller
+    run_retrying_once(lambda db: store.change_time_zone(db, caller, time_zone), writes=True)
     return {"data": {"time_zone": time_zone}}

@@ -1,4 +1,4 @@
-"""Sessions are looked up by the digest of their token (see todo_api/token_digest.py).
+"""Sessions are looked up by the digest of their token (see todo_api/db/token_digest.py).
 
 Creates the IMMUTABLE function `todo_api_token_digest(text)` and, on Better
 Auth's session table (SESSION_TABLE, SESSION_TOKEN_COLUMN, read from the app's
@@ -15,7 +15,7 @@ Revises: 0004
 
 from alembic import context, op
 
-from todo_api.auth import token_digest
+from todo_api.db import token_digest
 
 revision = "0005"
 down_revision = "0004"

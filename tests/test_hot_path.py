@@ -9,8 +9,10 @@ import pytest
 from sqlalchemy import select
 
 from support import StatementLog, delete_session, expire_session, fetch, user_id_of
+from test_subscriptions import ENDPOINT, OTHER_ENDPOINT, subscription
 from todo_api.auth.sessions import get_sessions
 from todo_api.db.connections import get_engine
+from todo_api.db.tables import idempotency_key, push_subscription, user_settings
 from todo_api.db.tables import task as task_table
 from todo_api.db.token_digest import token_digest
 from todo_api.tasks.routes import list_query
@@ -98,6 +100,12 @@ def test_a_remembered_session_that_ended_is_refused_on_the_next_request_and_forg
         ("GET", "/api/tasks/99999999999", None, {}),  # 404, not even looked up
         ("DELETE", "/api/tasks/{id}", None, {"If-Match": '"1-1"'}),  # 412
         ("PUT", "/api/tasks/{id}", None, {"Content-Type": "text/plain"}),  # 415
+        ("GET", "/api/tasks/search", None, {}),  # 422: no keyword
+        ("GET", "/api/tasks/filter-sort?sort_by=size", None, {}),  # 422
+        ("PATCH", "/api/tasks/999999/mark-reminder-sent", None, {}),  # 404
+        ("POST", "/api/tasks", {"title": "x"}, {"Idempotency-Key": "k" * 256}),  # 422
+        ("PUT", "/api/settings", {"time_zone": "Mars/Olympus_Mons"}, {}),  # 422
+        ("POST", "/api/notifications/subscribe", {"endpoint": "http://127.0.0.1/push"}, {}),  # 422
     ],
 )
 def test_a_dead_remembered_session_is_401_before_anything_else(
@@ -261,3 +269,72 @@ def test_a_search_without_a_query_string_is_still_refused_by_its_schema(client, 
         "detail": "Validation failed",
         "errors": {"keyword": ["Missing data for required field."]},
     }
+
+
+# -- Every route of a user's data checks the session in the same way --------------------
+
+
+def test_every_route_of_a_known_session_costs_no_lookup(app, client, auth, create_task, statements, backend):
+    created = create_task()
+    assert client.post("/api/notifications/subscribe", headers=auth, json=subscription()).status_code == 200
+    search = ["SELECT"] if backend == "sqlite" else ["BEGIN;", "SELECT", "COMMIT"]  # BEGIN; set the word
+    for method, path, body, expected in [
+        ("GET", "/api/tasks/filter-sort", None, ["SELECT"]),
+        ("GET", "/api/tasks/search?keyword=task", None, search),
+        ("PATCH", f"/api/tasks/{created['id']}/mark-reminder-sent", None, ["UPDATE"]),
+        ("GET", "/api/settings", None, ["SELECT"]),
+        ("POST", "/api/notifications/subscribe", subscription(OTHER_ENDPOINT), ["INSERT"]),
+        ("DELETE", "/api/notifications/unsubscribe", {"endpoint": ENDPOINT}, ["DELETE"]),
+    ]:
+        statements.clear()
+        response = client.open(path, method=method, headers=auth, json=body)
+        assert response.status_code == 200, (method, path, response.get_json())
+        assert statements == expected, (method, path)
+
+
+TABLES = [task_table, idempotency_key, user_settings, push_subscription]
+
+
+@pytest.mark.parametrize("end_session", [delete_session, expire_session])
+def test_a_remembered_session_that_ended_is_refused_on_every_route_and_changes_nothing(
+    app, client, auth, token, create_task, end_session
+):
+    created = create_task()
+    keyed = client.post("/api/tasks", headers={**auth, "Idempotency-Key": "k"}, json={"title": "Keyed"})
+    assert keyed.status_code == 200
+    assert client.post("/api/notifications/subscribe", headers=auth, json=subscription()).status_code == 200
+    with get_engine(app).connect() as connection:
+        before = {table.name: connection.execute(select(table)).all() for table in TABLES}
+    end_session(app, token)
+    for method, path, body, headers in [
+        ("GET", "/api/tasks/filter-sort", None, {}),
+        ("GET", "/api/tasks/search?keyword=task", None, {}),
+        ("PATCH", f"/api/tasks/{created['id']}/mark-reminder-sent", None, {}),
+        ("POST", "/api/tasks", {"title": "New"}, {"Idempotency-Key": "new"}),
+        ("POST", "/api/tasks", {"title": "Keyed"}, {"Idempotency-Key": "k"}),  # no replay either
+        ("GET", "/api/settings", None, {}),
+        ("PUT", "/api/settings", {"time_zone": "Europe/Berlin"}, {}),
+        ("POST", "/api/notifications/subscribe", subscription(OTHER_ENDPOINT), {}),
+        ("DELETE", "/api/notifications/unsubscribe", {"endpoint": ENDPOINT}, {}),
+        ("DELETE", "/api/notifications/unsubscribe", None, {}),
+    ]:
+        get_sessions(app).known.remember(token_digest(token), created["user_id"])
+        response = client.open(path, method=method, headers={**auth, **headers}, json=body)
+        assert (response.status_code, response.get_json()) == (401, NOT_AUTHENTICATED), (method, path)
+        assert get_sessions(app).known.get(token_digest(token)) is None
+    with get_engine(app).connect() as connection:
+        assert {table.name: connection.execute(select(table)).all() for table in TABLES} == before
+
+
+def test_an_empty_answer_to_a_dead_remembered_session_is_401(app, client, auth, token, create_task):
+    """An empty list, or an unsubscribe that removed nothing, is answered only once the session is confirmed."""
+    user_id = create_task()["user_id"]
+    delete_session(app, token)
+    for method, path in [
+        ("GET", "/api/tasks?status=completed"),
+        ("GET", "/api/tasks/search?keyword=nothing"),
+        ("DELETE", "/api/notifications/unsubscribe"),
+    ]:
+        get_sessions(app).known.remember(token_digest(token), user_id)
+        response = client.open(path, method=method, headers=auth)
+        assert (response.status_code, response.get_json()) == (401, NOT_AUTHENTICATED), (method, path)

@@ -15,6 +15,7 @@ Usage:
 """
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -84,12 +85,11 @@ def driver_overhead(app, token, task_id, count):
     """The list and toggle statements alone: SQLAlchemy's execute and rows, against psycopg2's cursor; and a task
     GET's statement through SQLAlchemy and through `run_on_driver`."""
     from todo_api.db.connections import get_engine
-    from todo_api.db.token_digest import token_digest
     from todo_api.tasks import listing
     from todo_api.tasks import store as task_store
     from todo_api.tasks.schemas import list_query_schema
 
-    digest = token_digest(token)
+    digest = hashlib.sha256(token.encode()).digest()  # the session's token digest (db/token_digest.py)
     results = {}
     with app.app_context(), get_engine(app).connect() as db:
         user_id = db.exec_driver_sql("SELECT user_id FROM task LIMIT 1").scalar()

@@ -6,7 +6,7 @@ Postgres exactly the statements todo-api sends for them, strings and
 parameter names included: the statement that does the work and checks the
 session in its WHERE clause, preceded by the session lookup for a session
 this worker has not seen yet, followed by it when the work finds nothing
-(to tell 401 from 404), as todo-api does (see todo_api/auth.py). No validation,
+(to tell 401 from 404), as todo-api does (see todo_api/auth/sessions.py). No validation,
 no rate limits, no ETags, no SQLAlchemy: psycopg2 directly, one connection per
 thread, in autocommit mode with the time zone set to UTC (as todo-api's), and
 orjson for the bodies. Served by gunicorn with the service's own
@@ -31,14 +31,14 @@ from flask import Flask, Response, request
 
 # -- The session lookup ------------------------------------------------------
 # The statement todo-api sends for a session a worker has not seen yet, and after work that found nothing
-# (todo_api/auth.py `session_lookup`), and its parameters. When the service's lookup changes, change these.
+# (todo_api/auth/sessions.py `session_lookup`), and its parameters. When the service's lookup changes, change these.
 SESSION_LOOKUP = (
     'SET LOCAL statement_timeout = 5000; SELECT session."userId" \nFROM session \n'
     'WHERE todo_api_token_digest(session.token) = %(digest)s AND session."expiresAt" > now()'
 )
 
 
-# The session check every task statement carries (todo_api/auth.py `session_guard`).
+# The session check every task statement carries (todo_api/auth/sessions.py `session_guard`).
 SESSION_CHECK = (
     'EXISTS (SELECT * \nFROM session \nWHERE todo_api_token_digest(session.token) = %(digest)s AND session."expiresAt" '
     '> now() AND session."userId" = %(owner_id)s)'
@@ -50,7 +50,7 @@ def session_lookup_parameters(token):
     return {"digest": hashlib.sha256(token.encode()).digest()}
 
 
-# -- The work: todo_api/task_store.py and listing.py, as they compile for psycopg2 --
+# -- The work: todo_api/tasks/store.py and listing.py, as they compile for psycopg2 --
 TASK_COLUMNS = (
     "task.id, task.user_id, task.title, task.description, task.completed, task.priority, task.category, "
     "task.tags, task.created_at, task.updated_at, task.due_date, task.recurrence_pattern, task.remind_at, "

@@ -6,7 +6,8 @@ versions of `todo_api` never share a process): the child builds the app on that 
 sends each scenario `--requests` times after warm-ups through the Flask test client, and reports wall-clock and
 CPU microseconds per request. The medians over `--rounds` are printed per scenario and checkout. Nothing of
 gunicorn or the network is timed. `--driver` also times the list and toggle statements alone, through
-SQLAlchemy and on the psycopg2 cursor with the statement compiled once.
+SQLAlchemy and on the psycopg2 cursor with the statement compiled once, and a task GET's statement (with its
+session check) through SQLAlchemy's execution and through the service's fast path, `db.driver.run_on_driver`.
 
 Usage:
     git worktree add /tmp/baseline main
@@ -14,6 +15,7 @@ Usage:
 """
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -53,8 +55,8 @@ def child(url, token, count, driver):
     from sqlalchemy import delete
 
     from todo_api import create_app
-    from todo_api.database import get_engine
-    from todo_api.tables import task
+    from todo_api.db.connections import get_engine
+    from todo_api.db.tables import task
 
     app = create_app({"TESTING": True, "DATABASE_URL": url, "RATELIMIT_ENABLED": False, "SECRET_KEY": "bench"})
     client, headers = app.test_client(), {"Authorization": f"Bearer {token}"}
@@ -71,20 +73,29 @@ def child(url, token, count, driver):
     print(json.dumps(results))
 
 
-def driver_overhead(app, token, task_id, count):
-    """The list and toggle statements alone: SQLAlchemy's execute and rows, against psycopg2's cursor."""
-    from todo_api import listing, task_store
-    from todo_api.database import get_engine
-    from todo_api.schemas import list_query_schema
-    from todo_api.token_digest import token_digest
+def session_guard(app):
+    """The session check the task statements carry, wherever this checkout keeps it; None before there was one."""
+    sessions = app.extensions.get("todo_api.auth")
+    if sessions is not None:
+        return sessions.guard
+    return getattr(app.extensions.get("todo_api"), "session_guard", None)
 
-    digest = token_digest(token)
+
+def driver_overhead(app, token, task_id, count):
+    """The list and toggle statements alone: SQLAlchemy's execute and rows, against psycopg2's cursor; and a task
+    GET's statement through SQLAlchemy and through `run_on_driver`."""
+    from todo_api.db.connections import get_engine
+    from todo_api.tasks import listing
+    from todo_api.tasks import store as task_store
+    from todo_api.tasks.schemas import list_query_schema
+
+    digest = hashlib.sha256(token.encode()).digest()  # the session's token digest (db/token_digest.py)
     results = {}
     with app.app_context(), get_engine(app).connect() as db:
         user_id = db.exec_driver_sql("SELECT user_id FROM task LIMIT 1").scalar()
         query = list_query_schema.load({})
         cursors = listing.Cursors("bench")
-        guard = getattr(app.extensions["todo_api"], "session_guard", None)
+        guard = session_guard(app)
         params = {"owner_id": user_id, "digest": digest} if guard is not None else {}
 
         def statement():
@@ -116,7 +127,27 @@ def driver_overhead(app, token, task_id, count):
                 return cursor.fetchone()
 
         results["toggle statement, psycopg2 cursor"] = time_calls(raw_toggle, count)
+        results.update(get_statement_both_ways(db, guard, {**params, "task_key": task_id}, count))
     return results
+
+
+def get_statement_both_ways(db, guard, params, count):
+    """A task GET's statement, as the route sends it, through SQLAlchemy's execution and through `run_on_driver`
+    (nothing in a checkout from before that module)."""
+    try:
+        from todo_api.db.driver import run_on_driver
+    except ImportError:
+        return {}
+    from todo_api.tasks import store
+
+    statement = store._SELECT.where(guard)
+    assert [tuple(row) for row in run_on_driver(db, statement, params)] == [
+        tuple(row) for row in db.execute(statement, params).all()
+    ]
+    return {
+        "get statement, SQLAlchemy": time_calls(lambda: db.execute(statement, params).all(), count),
+        "get statement, run_on_driver": time_calls(lambda: run_on_driver(db, statement, params), count),
+    }
 
 
 def main():
@@ -139,7 +170,8 @@ def main():
 
     from todo_api import create_app
     from todo_api.cli import create_user_session
-    from todo_api.database import get_engine, normalize_url
+    from todo_api.db.connections import get_engine
+    from todo_api.db.engine import normalize_url
 
     admin = create_engine(normalize_url(args.admin_url), isolation_level="AUTOCOMMIT")
     name = f"todo_api_hot_path_{uuid.uuid4().hex[:8]}"

@@ -47,9 +47,9 @@ from sqlalchemy.engine import make_url
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from todo_api import create_app, listing  # noqa: E402
-from todo_api.schemas import list_query_schema  # noqa: E402
-from todo_api.state import get_cursors  # noqa: E402
+from todo_api import create_app  # noqa: E402
+from todo_api.tasks import listing  # noqa: E402
+from todo_api.tasks.schemas import list_query_schema  # noqa: E402
 
 SMALL_USERS = 100
 TASKS_PER_USER = 20
@@ -254,7 +254,7 @@ def write_runs(args, base):
 
 def claim_costs(args, base, repeats=7):
     """Median time (ms) of the reminder worker's claim query per variant and backlog of completed tasks."""
-    from todo_api.reminders import _TASKS_DUE
+    from todo_api.reminders.worker import _TASKS_DUE
 
     claim = str(_TASKS_DUE.compile(dialect=postgresql.psycopg2.dialect()))
     now = "(now() AT TIME ZONE 'UTC')"
@@ -284,7 +284,7 @@ def claim_costs(args, base, repeats=7):
 
 def sort_costs(args, base, app, repeats=15):
     """Median execution time (ms) of a first page of 50 per variant, sort and list size."""
-    cursors = get_cursors(app)
+    cursors = listing.get_cursors(app)
     dialect = postgresql.psycopg2.dialect()
     costs = {}
     for variant in args.variants:

@@ -96,7 +96,8 @@ def prepare(admin_url, name, work):
 
     from todo_api import create_app
     from todo_api.cli import create_user_session
-    from todo_api.database import get_engine, normalize_url
+    from todo_api.db.connections import get_engine
+    from todo_api.db.engine import normalize_url
 
     admin = create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -123,7 +124,7 @@ def prepare(admin_url, name, work):
 def drop(admin_url, name):
     from sqlalchemy import create_engine, text
 
-    from todo_api.database import normalize_url
+    from todo_api.db.engine import normalize_url
 
     admin = create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:

@@ -25,11 +25,11 @@ from sqlalchemy import insert  # noqa: E402
 from support import throwaway_database  # noqa: E402
 from support.push_service import PushService  # noqa: E402
 from todo_api import create_app  # noqa: E402
-from todo_api.database import get_engine  # noqa: E402
-from todo_api.delivery import generate_vapid_keys  # noqa: E402
-from todo_api.migrate import create_schema  # noqa: E402
-from todo_api.reminders import Worker  # noqa: E402
-from todo_api.tables import push_subscription, task  # noqa: E402
+from todo_api.db.connections import get_engine  # noqa: E402
+from todo_api.db.migrate import create_schema  # noqa: E402
+from todo_api.db.tables import push_subscription, task  # noqa: E402
+from todo_api.reminders.push import generate_vapid_keys  # noqa: E402
+from todo_api.reminders.worker import Worker  # noqa: E402
 from todo_api.timezones import utcnow  # noqa: E402
 
 

@@ -312,7 +312,7 @@ def delete_users(database_url, users):
 
 def create_auth_tables(database_url):
     """Better Auth's user and session tables, exactly as todo-api's `init-db --auth-tables` makes them."""
-    from todo_api.tables import auth_tables
+    from todo_api.db.tables import auth_tables
 
     engine = create_engine(make_url(database_url).set(drivername="postgresql+psycopg2"))
     try:
@@ -760,16 +760,16 @@ def list_ceiling_script(token_prefix):
     hash, so its lookup computes the same digest in SQL (a constant, folded
     once when the statement is planned).
     """
-    from todo_api import listing, token_digest
-    from todo_api.auth import session_lookup
-    from todo_api.schemas import list_query_schema
-    from todo_api.state import get_cursors
+    from todo_api.auth.sessions import session_lookup
+    from todo_api.db import token_digest
+    from todo_api.tasks import listing
+    from todo_api.tasks.schemas import list_query_schema
 
     app = service_app()
     dialect = postgresql.psycopg2.dialect()
     token_mark, user_mark = "BenchTokenMark", "BenchUserMark"
     lookup = session_lookup(app.config).params(digest=token_mark.encode())
-    page = listing.list_statement(user_mark, list_query_schema.load({}), "postgresql", get_cursors(app))
+    page = listing.list_statement(user_mark, list_query_schema.load({}), "postgresql", listing.get_cursors(app))
     lookup_sql, page_sql = (
         str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True})) for statement in (lookup, page)
     )

@@ -30,12 +30,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]  # the tests' support: a throwaway database
 
 from support import throwaway_database  # noqa: E402
-from todo_api import create_app, listing  # noqa: E402
+from todo_api import create_app  # noqa: E402
 from todo_api.cli import create_user_session  # noqa: E402
-from todo_api.database import get_engine, transaction  # noqa: E402
-from todo_api.migrate import create_schema  # noqa: E402
-from todo_api.schemas import list_query_schema  # noqa: E402
-from todo_api.state import get_cursors  # noqa: E402
+from todo_api.db.connections import get_engine, transaction  # noqa: E402
+from todo_api.db.migrate import create_schema  # noqa: E402
+from todo_api.tasks import listing  # noqa: E402
+from todo_api.tasks.schemas import list_query_schema  # noqa: E402
 
 COMMON_WORD = "quarterly"  # in the title of every 100th task
 RARE_WORD = "zeppelin"  # in the description of five tasks of each user
@@ -115,7 +115,7 @@ def middle_cursor(app, connection, user_id, size):
         text("SELECT id, created_at FROM task WHERE user_id = :u ORDER BY created_at DESC, id DESC OFFSET :k LIMIT 1"),
         {"u": user_id, "k": size // 2 - 1},
     ).one()
-    return get_cursors(app).dump("created_at", True, row)
+    return listing.get_cursors(app).dump("created_at", True, row)
 
 
 def timed(client, headers, url, repeat):
@@ -134,7 +134,7 @@ def timed(client, headers, url, repeat):
 
 def explain_search(app, connection, user_id, word):
     query = dataclasses.replace(list_query_schema.load({}), q=word, limit=50)
-    statement = listing.list_statement(user_id, query, "postgresql", get_cursors(app))
+    statement = listing.list_statement(user_id, query, "postgresql", listing.get_cursors(app))
     sql = statement.compile(dialect=postgresql.dialect(paramstyle="named"), compile_kwargs={"literal_binds": True})
     with transaction(connection, setting=(listing.SEARCH_SETTING, listing.LITERAL_REGEX + word)):  # as the app does
         plan = connection.execute(text(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")).scalars().all()

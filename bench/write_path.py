@@ -24,7 +24,7 @@ sys.path[:0] = [REPO, os.path.join(REPO, "tests")]  # the tests' support: a thro
 from support import throwaway_database  # noqa: E402
 from todo_api import create_app  # noqa: E402
 from todo_api.cli import create_user_session  # noqa: E402
-from todo_api.database import get_engine  # noqa: E402
+from todo_api.db.connections import get_engine  # noqa: E402
 
 WARMUPS = 50
 EDIT_FORM = {"title": "Edited", "description": "d", "priority": "high", "category": "work", "tags": ["a", "b"]}

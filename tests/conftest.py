@@ -28,8 +28,8 @@ import pytest
 
 from todo_api import create_app
 from todo_api.cli import create_user_session
-from todo_api.database import get_engine
-from todo_api.migrate import create_schema
+from todo_api.db.connections import get_engine
+from todo_api.db.migrate import create_schema
 
 # The shared helpers' asserts explain themselves on failure, as a test's do.
 pytest.register_assert_rewrite("support", "drills.harness")

@@ -11,10 +11,9 @@ from sqlalchemy import text
 
 from support import SECRET, base_config, delete_session, expire_session
 from todo_api import create_app
-from todo_api.auth import sign
-from todo_api.database import get_engine
-from todo_api.mode import Mode
-from todo_api.state import app_state
+from todo_api.auth.credentials import sign
+from todo_api.db.connections import get_engine
+from todo_api.mode import Mode, get_mode
 
 API_ROUTES = [
     ("GET", "/api/tasks"),
@@ -127,7 +126,7 @@ def secret_client(secret_app):
 @pytest.fixture
 def secret_token(secret_app):
     from todo_api.cli import create_user_session
-    from todo_api.database import get_engine
+    from todo_api.db.connections import get_engine
 
     with get_engine(secret_app).begin() as connection:
         return create_user_session(connection, secret_app.config, "signed@example.com")
@@ -189,7 +188,7 @@ def test_in_production_a_signature_nothing_can_check_is_refused(make_app, token,
     if debug:
         monkeypatch.setenv("FLASK_DEBUG", "1")
     app = make_app(TESTING=False, SECRET_KEY=PRODUCTION_KEY)
-    assert (app.debug, app_state(app).mode) == (debug, Mode.PRODUCTION)
+    assert (app.debug, get_mode(app)) == (debug, Mode.PRODUCTION)
     client = app.test_client()
     assert_401(client.get("/api/tasks", headers={"Authorization": f"Bearer {credential(token)}"}))
     response = client.get("/api/tasks", headers={"Authorization": f"Bearer {token}"})
@@ -208,7 +207,7 @@ def test_in_production_with_the_secret_signatures_are_checked(make_app, token):
 def test_the_development_server_looks_up_the_token_part_without_a_secret(make_app, token, credential):
     with click.Context(run_command):
         app = make_app(TESTING=False, DEBUG=True)
-    assert app_state(app).mode is Mode.DEVELOPMENT
+    assert get_mode(app) is Mode.DEVELOPMENT
     response = app.test_client().get("/api/tasks", headers={"Authorization": f"Bearer {credential(token)}"})
     assert (response.status_code, response.get_json()) == (200, {"data": []})
 
@@ -222,7 +221,7 @@ def test_session_cookie_is_accepted(secret_client, secret_token, name):
 def test_cookie_prefix_is_configurable(make_app):
     app = make_app(BETTER_AUTH_SECRET=SECRET, BETTER_AUTH_COOKIE_PREFIX="todo")
     from todo_api.cli import create_user_session
-    from todo_api.database import get_engine
+    from todo_api.db.connections import get_engine
 
     with get_engine(app).begin() as connection:
         token = create_user_session(connection, app.config, "prefix@example.com")

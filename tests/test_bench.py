@@ -17,7 +17,7 @@ from bench import ceiling_app, run
 from support import base_config, delete_session, truncate_postgres
 from todo_api import create_app
 from todo_api.cli import create_user_session
-from todo_api.database import get_engine
+from todo_api.db.connections import get_engine
 
 CREATE_BODY = (
     b'{"title":"Load task 1-1","description":"","priority":"high","due_date":null,"is_recurring":false,'

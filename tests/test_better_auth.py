@@ -31,8 +31,9 @@ from sqlalchemy import create_engine, text
 
 from support import ADMIN_URL, SECRET, base_config, free_port, throwaway_database
 from todo_api import create_app
-from todo_api.database import get_engine, normalize_url
-from todo_api.migrate import create_schema
+from todo_api.db.connections import get_engine
+from todo_api.db.engine import normalize_url
+from todo_api.db.migrate import create_schema
 
 PROJECT = Path(__file__).parent / "betterauth"
 INSTALL_STAMP = PROJECT / "node_modules" / ".installed-lock-sha256"

@@ -5,8 +5,8 @@ from datetime import datetime
 import pytest
 from sqlalchemy import update
 
-from todo_api.database import get_engine
-from todo_api.tables import task
+from todo_api.db.connections import get_engine
+from todo_api.db.tables import task
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ from sqlalchemy import delete, func, inspect, select
 
 from support import base_config, free_port, sessions_of
 from todo_api import MISSING_DATABASE_URL, create_app
-from todo_api.database import get_engine
-from todo_api.tables import idempotency_key, task, user, user_settings
+from todo_api.db.connections import get_engine
+from todo_api.db.tables import idempotency_key, task, user, user_settings
 
 UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:9/nowhere"  # the discard port: nothing listens
 DIALECTS = {"postgres": "postgresql", "pgbouncer": "postgresql", "sqlite": "sqlite"}

@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import select, update
 
 from support import MICROSECOND, StatementLog, expected_etag, fetch, naive_utc
-from todo_api.database import get_engine
-from todo_api.tables import task as task_table
+from todo_api.db.connections import get_engine
+from todo_api.db.tables import task as task_table
 
 STALE = {"detail": "The task has changed since it was read (If-Match does not match its ETag); fetch it again"}
 NOT_FOUND = {"detail": "Task not found"}

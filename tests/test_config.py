@@ -14,12 +14,13 @@ from flask.cli import run_command
 from itsdangerous import URLSafeSerializer
 
 from support import free_port
-from todo_api import DEVELOPMENT_SECRET, MISSING_DATABASE_URL, UNCHECKABLE_SIGNATURES, create_app, listing
+from todo_api import DEVELOPMENT_SECRET, MISSING_DATABASE_URL, UNCHECKABLE_SIGNATURES, create_app
 from todo_api.cli import init_db_command
 from todo_api.config import PLATFORM_ROUTER_VARIABLES, from_environment
-from todo_api.database import get_engine, normalize_url
-from todo_api.mode import Mode
-from todo_api.state import app_state
+from todo_api.db.connections import get_engine
+from todo_api.db.engine import normalize_url
+from todo_api.mode import Mode, get_mode
+from todo_api.tasks import listing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,7 +141,7 @@ def test_development_mode_without_a_secret_starts_with_a_warning(no_secret, monk
     with loaded_by(run_command):
         app = create_app()
     get_engine(app).dispose()
-    assert (app.debug, app_state(app).mode) == (True, Mode.DEVELOPMENT)
+    assert (app.debug, get_mode(app)) == (True, Mode.DEVELOPMENT)
     assert development_warnings(caplog) == [DEVELOPMENT_WARNING]
 
 
@@ -238,11 +239,11 @@ def sqlite_url(tmp_path):
 )
 def test_the_mode_is_production_unless_something_says_otherwise(bare, monkeypatch, tmp_path, debug, command, mode):
     app = app_loaded_by(command, monkeypatch, DATABASE_URL=sqlite_url(tmp_path), SECRET_KEY=KEY, **debug)
-    assert app_state(app).mode is mode
+    assert get_mode(app) is mode
 
 
 def test_the_test_suites_apps_are_in_testing_mode(app):
-    assert app_state(app).mode is Mode.TESTING
+    assert get_mode(app) is Mode.TESTING
 
 
 @pytest.mark.parametrize(

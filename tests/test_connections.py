@@ -1,5 +1,5 @@
-"""Each thread keeps its connection between requests, and the hot statements run on the driver's cursor exactly as
-SQLAlchemy would run them (see todo_api/database.py)."""
+"""Each thread keeps its connection between requests (todo_api/db/connections.py), and the hot statements run on the
+driver's cursor exactly as SQLAlchemy would run them (todo_api/db/driver.py)."""
 
 import threading
 
@@ -8,10 +8,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from support import ADMIN_URL
-from todo_api import listing, task_store
-from todo_api.database import fetch, get_db, get_engine, in_transaction, normalize_url
-from todo_api.state import app_state
-from todo_api.token_digest import token_digest
+from todo_api.auth.sessions import Caller, get_sessions
+from todo_api.db.connections import get_db, get_engine
+from todo_api.db.driver import run_on_driver
+from todo_api.db.engine import in_transaction, normalize_url
+from todo_api.db.token_digest import token_digest
+from todo_api.tasks import listing
+from todo_api.tasks import store as task_store
 
 
 def checked_out(app):
@@ -73,13 +76,12 @@ def hot_statements(app, client, auth, token, create_task):
     create_task(title="And me", priority="high")
     with app.app_context():
         user_id = get_db().exec_driver_sql("SELECT user_id FROM task LIMIT 1").scalar()
-    guard = app_state(app).session_guard
-    session = {"owner_id": user_id, "digest": token_digest(token)}
+    caller = Caller(user_id, token_digest(token), get_sessions(app).guard, confirmed=True)
     return [
-        (listing.plain_list_statement("all", "created_at", True, guard), {**session, "page_limit": 1001}),
-        (listing.plain_list_statement("pending", "priority", False, guard), {**session, "page_limit": 2}),
-        (task_store._guarded(task_store._SELECT, guard), {**session, "task_key": task_id}),
-        (task_store._guarded(task_store._SELECT, guard), {**session, "task_key": task_id + 100}),
+        (listing.plain_list_statement("all", "created_at", True, caller.guard), {**caller.params, "page_limit": 1001}),
+        (listing.plain_list_statement("pending", "priority", False, caller.guard), {**caller.params, "page_limit": 2}),
+        (caller.guarded(task_store._SELECT), {**caller.params, "task_key": task_id}),
+        (caller.guarded(task_store._SELECT), {**caller.params, "task_key": task_id + 100}),
     ]
 
 
@@ -88,7 +90,7 @@ def test_the_driver_reads_the_rows_sqlalchemy_reads(app, hot_statements):
         db = get_db()
         for statement, params in hot_statements:
             expected = db.execute(statement, params).all()
-            rows = fetch(db, statement, params)
+            rows = run_on_driver(db, statement, params)
             assert [tuple(row) for row in rows] == [tuple(row) for row in expected]
             assert [dict(row._mapping) for row in rows] == [dict(row._mapping) for row in expected]
             assert [row.title for row in rows] == [row.title for row in expected]
@@ -100,11 +102,11 @@ def test_the_driver_raises_sqlalchemy_errors(app, token, create_task):
     with app.app_context():
         db = get_db()
         user_id = db.exec_driver_sql("SELECT user_id FROM task LIMIT 1").scalar()
-        insert = task_store._insert_checked(app_state(app).session_guard, False)
+        insert = task_store._insert_guarded(get_sessions(app).guard, False)
         row = db.execute(task_store._SELECT, {"task_key": task_id, "owner_id": user_id}).one()
         values = {**row._mapping, "owner_id": user_id, "digest": token_digest(token), "title": None}  # NOT NULL
         with pytest.raises(IntegrityError) as refused:
-            fetch(db, insert, values)
+            run_on_driver(db, insert, values)
         assert refused.value.connection_invalidated is False
         assert db.invalidated is False
 
@@ -119,9 +121,10 @@ def test_the_driver_invalidates_a_connection_the_server_dropped(app, client, aut
         with admin.connect() as connection:
             assert connection.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid}).scalar() is True
         admin.dispose()
-        statement, params = listing.plain_list_statement("all", "created_at", True), {"owner_id": "x", "page_limit": 2}
+        statement = listing.plain_list_statement("all", "created_at", True, get_sessions(app).guard)
+        params = {"owner_id": "x", "digest": b"x", "page_limit": 2}
         with pytest.raises(DBAPIError) as dropped:
-            fetch(db, statement, params)
+            run_on_driver(db, statement, params)
         assert dropped.value.connection_invalidated is True
         assert db.invalidated is True
     assert client.get("/api/tasks", headers=auth).status_code == 200  # the next request checks out another

@@ -28,8 +28,8 @@ from sqlalchemy import delete, select
 from support import FULL_TASK, base_config, user_id_of
 from todo_api import create_app
 from todo_api.cli import create_user_session
-from todo_api.database import get_engine
-from todo_api.tables import push_subscription, task, user, user_settings
+from todo_api.db.connections import get_engine
+from todo_api.db.tables import push_subscription, task, user, user_settings
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES_PER_OPERATION = int(os.environ.get("FUZZ_EXAMPLES", 80))  # fuzzing phase; coverage adds its own

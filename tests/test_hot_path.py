@@ -9,12 +9,14 @@ import pytest
 from sqlalchemy import select
 
 from support import StatementLog, delete_session, expire_session, fetch, user_id_of
-from todo_api.schemas import TaskSchema, filter_sort_query_schema, list_query_schema, task_output
-from todo_api.state import app_state
-from todo_api.tables import SHOWN_TASK_COLUMNS
-from todo_api.tables import task as task_table
-from todo_api.tasks import list_query
-from todo_api.token_digest import token_digest
+from test_subscriptions import ENDPOINT, OTHER_ENDPOINT, subscription
+from todo_api.auth.sessions import get_sessions
+from todo_api.db.connections import get_engine
+from todo_api.db.tables import SHOWN_TASK_COLUMNS, idempotency_key, push_subscription, user_settings
+from todo_api.db.tables import task as task_table
+from todo_api.db.token_digest import token_digest
+from todo_api.tasks.routes import list_query
+from todo_api.tasks.schemas import TaskSchema, filter_sort_query_schema, list_query_schema, task_output
 
 NOT_AUTHENTICATED = {"detail": "Not authenticated"}
 
@@ -54,7 +56,7 @@ def test_each_hot_route_is_one_statement_once_the_session_is_known(client, auth,
 def test_a_new_session_is_looked_up_first_then_remembered(app, client, auth, token, statements):
     assert client.get("/api/tasks", headers=auth).status_code == 200
     assert statements == ["SELECT", "SELECT"]  # the lookup, then the list (empty: the session was just confirmed)
-    assert app_state(app).known_sessions.get(token_digest(token)) == user_id_of(app, token)
+    assert get_sessions(app).known.get(token_digest(token)) == user_id_of(app, token)
     statements.clear()
     response = client.get("/api/tasks", headers=auth)
     assert (response.status_code, response.get_json(), statements) == (200, {"data": []}, ["SELECT", "SELECT"])
@@ -78,11 +80,11 @@ def test_a_remembered_session_that_ended_is_refused_on_the_next_request_and_forg
         ("PATCH", f"/api/tasks/{created['id']}/complete", None),
         ("DELETE", f"/api/tasks/{created['id']}", None),
     ]:
-        app_state(app).known_sessions.remember(token_digest(token), created["user_id"])
+        get_sessions(app).known.remember(token_digest(token), created["user_id"])
         response = client.open(path, method=method, headers=auth, json=body)
         assert (response.status_code, response.get_json()) == (401, NOT_AUTHENTICATED), (method, path)
-        assert app_state(app).known_sessions.get(token_digest(token)) is None
-    with app.app_context(), app_state(app).engine.connect() as connection:
+        assert get_sessions(app).known.get(token_digest(token)) is None
+    with app.app_context(), get_engine(app).connect() as connection:
         rows = connection.execute(select(task_table)).all()
     assert [(row.title, row.completed) for row in rows] == [("A task", False)]  # nothing was written
 
@@ -98,6 +100,12 @@ def test_a_remembered_session_that_ended_is_refused_on_the_next_request_and_forg
         ("GET", "/api/tasks/99999999999", None, {}),  # 404, not even looked up
         ("DELETE", "/api/tasks/{id}", None, {"If-Match": '"1-1"'}),  # 412
         ("PUT", "/api/tasks/{id}", None, {"Content-Type": "text/plain"}),  # 415
+        ("GET", "/api/tasks/search", None, {}),  # 422: no keyword
+        ("GET", "/api/tasks/filter-sort?sort_by=size", None, {}),  # 422
+        ("PATCH", "/api/tasks/999999/mark-reminder-sent", None, {}),  # 404
+        ("POST", "/api/tasks", {"title": "x"}, {"Idempotency-Key": "k" * 256}),  # 422
+        ("PUT", "/api/settings", {"time_zone": "Mars/Olympus_Mons"}, {}),  # 422
+        ("POST", "/api/notifications/subscribe", {"endpoint": "http://127.0.0.1/push"}, {}),  # 422
     ],
 )
 def test_a_dead_remembered_session_is_401_before_anything_else(
@@ -105,7 +113,7 @@ def test_a_dead_remembered_session_is_401_before_anything_else(
 ):
     created = create_task()
     delete_session(app, token)
-    app_state(app).known_sessions.remember(token_digest(token), created["user_id"])
+    get_sessions(app).known.remember(token_digest(token), created["user_id"])
     path = path.format(id=created["id"])
     if body is None and "Content-Type" in headers:
         response = client.open(path, method=method, headers={**auth, **headers}, data="title")
@@ -127,7 +135,7 @@ def test_a_live_remembered_session_gets_the_same_refusals_as_before(client, auth
 def test_another_users_remembered_id_finds_nothing(app, client, auth, token, other_auth, create_task):
     """The remembered user id is only bound as the owner: the statement checks it is the session's own."""
     theirs = create_task(headers=other_auth)
-    app_state(app).known_sessions.remember(token_digest(token), theirs["user_id"])
+    get_sessions(app).known.remember(token_digest(token), theirs["user_id"])
     response = client.get(f"/api/tasks/{theirs['id']}", headers=auth)
     assert (response.status_code, response.get_json()) == (401, NOT_AUTHENTICATED)
     assert client.get(f"/api/tasks/{theirs['id']}", headers=auth).status_code == 404  # looked up: the right user
@@ -141,7 +149,7 @@ def test_the_rate_limit_is_keyed_by_the_remembered_user(make_app, new_session):
     assert client.get("/api/tasks", headers=second).status_code == 200  # the same user, another session
     response = client.post("/api/tasks", headers=second, json={"title": "x"})
     assert response.status_code == 429
-    with app.app_context(), app_state(app).engine.connect() as connection:
+    with app.app_context(), get_engine(app).connect() as connection:
         assert connection.execute(select(task_table)).all() == []
 
 
@@ -154,7 +162,7 @@ def test_the_fast_paths_answer_what_the_schema_dumps(app, client, auth, create_t
         client.get(f"/api/tasks/{created['id']}", headers=auth).get_json()["data"],
         client.patch(f"/api/tasks/{created['id']}/complete", headers=auth).get_json()["data"],
     ]
-    with app.app_context(), app_state(app).engine.connect() as connection:
+    with app.app_context(), get_engine(app).connect() as connection:
         row = connection.execute(select(*SHOWN_TASK_COLUMNS)).one()
     expected = app.json.loads(app.json.dumps(TaskSchema().dump(row)))
     assert app.json.loads(app.json.dumps(task_output(row))) == expected
@@ -261,3 +269,72 @@ def test_a_search_without_a_query_string_is_still_refused_by_its_schema(client, 
         "detail": "Validation failed",
         "errors": {"keyword": ["Missing data for required field."]},
     }
+
+
+# -- Every route of a user's data checks the session in the same way --------------------
+
+
+def test_every_route_of_a_known_session_costs_no_lookup(app, client, auth, create_task, statements, backend):
+    created = create_task()
+    assert client.post("/api/notifications/subscribe", headers=auth, json=subscription()).status_code == 200
+    search = ["SELECT"] if backend == "sqlite" else ["BEGIN;", "SELECT", "COMMIT"]  # BEGIN; set the word
+    for method, path, body, expected in [
+        ("GET", "/api/tasks/filter-sort", None, ["SELECT"]),
+        ("GET", "/api/tasks/search?keyword=task", None, search),
+        ("PATCH", f"/api/tasks/{created['id']}/mark-reminder-sent", None, ["UPDATE"]),
+        ("GET", "/api/settings", None, ["SELECT"]),
+        ("POST", "/api/notifications/subscribe", subscription(OTHER_ENDPOINT), ["INSERT"]),
+        ("DELETE", "/api/notifications/unsubscribe", {"endpoint": ENDPOINT}, ["DELETE"]),
+    ]:
+        statements.clear()
+        response = client.open(path, method=method, headers=auth, json=body)
+        assert response.status_code == 200, (method, path, response.get_json())
+        assert statements == expected, (method, path)
+
+
+TABLES = [task_table, idempotency_key, user_settings, push_subscription]
+
+
+@pytest.mark.parametrize("end_session", [delete_session, expire_session])
+def test_a_remembered_session_that_ended_is_refused_on_every_route_and_changes_nothing(
+    app, client, auth, token, create_task, end_session
+):
+    created = create_task()
+    keyed = client.post("/api/tasks", headers={**auth, "Idempotency-Key": "k"}, json={"title": "Keyed"})
+    assert keyed.status_code == 200
+    assert client.post("/api/notifications/subscribe", headers=auth, json=subscription()).status_code == 200
+    with get_engine(app).connect() as connection:
+        before = {table.name: connection.execute(select(table)).all() for table in TABLES}
+    end_session(app, token)
+    for method, path, body, headers in [
+        ("GET", "/api/tasks/filter-sort", None, {}),
+        ("GET", "/api/tasks/search?keyword=task", None, {}),
+        ("PATCH", f"/api/tasks/{created['id']}/mark-reminder-sent", None, {}),
+        ("POST", "/api/tasks", {"title": "New"}, {"Idempotency-Key": "new"}),
+        ("POST", "/api/tasks", {"title": "Keyed"}, {"Idempotency-Key": "k"}),  # no replay either
+        ("GET", "/api/settings", None, {}),
+        ("PUT", "/api/settings", {"time_zone": "Europe/Berlin"}, {}),
+        ("POST", "/api/notifications/subscribe", subscription(OTHER_ENDPOINT), {}),
+        ("DELETE", "/api/notifications/unsubscribe", {"endpoint": ENDPOINT}, {}),
+        ("DELETE", "/api/notifications/unsubscribe", None, {}),
+    ]:
+        get_sessions(app).known.remember(token_digest(token), created["user_id"])
+        response = client.open(path, method=method, headers={**auth, **headers}, json=body)
+        assert (response.status_code, response.get_json()) == (401, NOT_AUTHENTICATED), (method, path)
+        assert get_sessions(app).known.get(token_digest(token)) is None
+    with get_engine(app).connect() as connection:
+        assert {table.name: connection.execute(select(table)).all() for table in TABLES} == before
+
+
+def test_an_empty_answer_to_a_dead_remembered_session_is_401(app, client, auth, token, create_task):
+    """An empty list, or an unsubscribe that removed nothing, is answered only once the session is confirmed."""
+    user_id = create_task()["user_id"]
+    delete_session(app, token)
+    for method, path in [
+        ("GET", "/api/tasks?status=completed"),
+        ("GET", "/api/tasks/search?keyword=nothing"),
+        ("DELETE", "/api/notifications/unsubscribe"),
+    ]:
+        get_sessions(app).known.remember(token_digest(token), user_id)
+        response = client.open(path, method=method, headers=auth)
+        assert (response.status_code, response.get_json()) == (401, NOT_AUTHENTICATED), (method, path)

@@ -10,8 +10,8 @@ reading them.
 import pytest
 from sqlalchemy import text
 
-from todo_api.database import get_engine
-from todo_api.migrate import current_revision, downgrade, upgrade
+from todo_api.db.connections import get_engine
+from todo_api.db.migrate import current_revision, downgrade, upgrade
 
 pytestmark = pytest.mark.backends("postgres")
 

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import text
 
 from todo_api.config import from_environment
-from todo_api.database import get_engine
-from todo_api.ratelimit import get_in_flight
+from todo_api.db.connections import get_engine
+from todo_api.ratelimit.limits import get_in_flight
 
 LIMIT = 3
 

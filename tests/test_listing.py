@@ -10,8 +10,8 @@ from itsdangerous import URLSafeSerializer
 from sqlalchemy import event, text
 
 from support import user_id_of
-from todo_api import listing
-from todo_api.database import get_engine
+from todo_api.db.connections import get_engine
+from todo_api.tasks import listing
 
 
 def iso(dt):

@@ -5,8 +5,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from support import REFERENCE_TASK_COLUMNS, user_id_of
-from todo_api.database import get_engine
-from todo_api.migrate import current_revision, downgrade, upgrade
+from todo_api.db.connections import get_engine
+from todo_api.db.migrate import current_revision, downgrade, upgrade
 
 HEAD = "0009"
 

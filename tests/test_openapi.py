@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from todo_api import apidoc, tasks
-from todo_api.openapi import (
+from todo_api.openapi import operations as apidoc
+from todo_api.openapi.document import (
     AUTOMATIC_METHODS,
     DOCS_ENDPOINTS,
     DOCUMENT,
@@ -13,6 +13,7 @@ from todo_api.openapi import (
     build_document,
     openapi_path,
 )
+from todo_api.tasks import routes as tasks
 
 pytestmark = pytest.mark.backends("sqlite")  # nothing here depends on the database
 

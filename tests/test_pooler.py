@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from support import ADMIN_URL, base_config
 from support.pgbouncer import Pooler, missing_requirement
 from todo_api import create_app
-from todo_api.database import get_engine
+from todo_api.db.connections import get_engine
 
 POOLER_MISSING = missing_requirement()
 pytestmark = pytest.mark.skipif(POOLER_MISSING is not None, reason=POOLER_MISSING or "")

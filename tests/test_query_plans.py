@@ -18,12 +18,14 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.dialects import postgresql
 
 from support import ADMIN_URL, base_config
-from todo_api import create_app, listing
-from todo_api.database import get_engine, normalize_url, transaction
-from todo_api.migrate import create_schema
-from todo_api.schemas import WallClock, list_query_schema
-from todo_api.state import app_state, get_cursors, get_session_lookup
-from todo_api.token_digest import token_digest
+from todo_api import create_app
+from todo_api.auth.sessions import get_sessions
+from todo_api.db.connections import get_engine, transaction
+from todo_api.db.engine import normalize_url
+from todo_api.db.migrate import create_schema
+from todo_api.db.token_digest import token_digest
+from todo_api.tasks import listing
+from todo_api.tasks.schemas import WallClock, list_query_schema
 
 FILL = text("""
     INSERT INTO task (user_id, title, description, completed, priority, category, tags,
@@ -64,8 +66,8 @@ def explain(postgres_url):
     connection.execute(text("ANALYZE task"))
     connection.execute(text("ANALYZE user_settings"))
     connection.execute(text('ANALYZE "session"'))
-    cursors = get_cursors(app)
-    lookup_sql = str(get_session_lookup(app).compile(dialect=connection.dialect))
+    cursors = listing.get_cursors(app)
+    lookup_sql = str(get_sessions(app).lookup.compile(dialect=connection.dialect))
 
     def plan(user_id="user-7", **parameters):
         query = dataclasses.replace(list_query_schema.load({}), **parameters)  # the defaults, and these
@@ -81,7 +83,7 @@ def explain(postgres_url):
     def lookup_plan(token):
         return "\n".join(connection.exec_driver_sql(f"EXPLAIN {lookup_sql}", {"digest": token_digest(token)}).scalars())
 
-    guard = app_state(app).session_guard
+    guard = get_sessions(app).guard
 
     def plain_plan(**shape):
         """The plan of a plain list as the task route sends it: the session checked in its WHERE clause."""

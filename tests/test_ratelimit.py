@@ -16,9 +16,10 @@ import redis
 
 from support import base_config
 from support import free_port as closed_port
-from todo_api import create_app, ratelimit
+from todo_api import create_app
 from todo_api.config import from_environment
-from todo_api.database import get_engine
+from todo_api.db.connections import get_engine
+from todo_api.ratelimit import limits as ratelimit
 
 # The limiter does not touch the database: tests that need an app build it on SQLite only.
 sqlite_only = pytest.mark.backends("sqlite")

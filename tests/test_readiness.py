@@ -6,8 +6,8 @@ from sqlalchemy import text
 
 from support import StatementLog, base_config
 from todo_api import create_app
-from todo_api.database import get_engine
-from todo_api.schema import migration_revisions
+from todo_api.db.connections import get_engine
+from todo_api.db.schema import migration_revisions
 
 UPGRADE = "run `flask --app todo_api db upgrade`"
 BETTER_AUTH = (

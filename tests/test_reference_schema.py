@@ -12,7 +12,8 @@ from sqlalchemy import create_engine, text
 
 from support import ADMIN_URL, base_config, throwaway_database
 from todo_api import create_app
-from todo_api.database import get_engine, normalize_url
+from todo_api.db.connections import get_engine
+from todo_api.db.engine import normalize_url
 
 # Verbatim from the reference: SQLModel 0.0.24 on PostgreSQL 15, and Better Auth 1.7's tables.
 REFERENCE_SCHEMA = """

@@ -24,10 +24,12 @@ from support.private_postgres import running_cluster
 from support.push_service import PushService, b64url_decode
 from todo_api import create_app
 from todo_api.cli import create_user_session
-from todo_api.database import get_engine, normalize_url
-from todo_api.delivery import Outcome, classify, generate_vapid_keys, retry_after_seconds, signer_from_config
-from todo_api.migrate import create_schema
-from todo_api.reminders import (
+from todo_api.db.connections import get_engine
+from todo_api.db.engine import normalize_url
+from todo_api.db.migrate import create_schema
+from todo_api.db.tables import push_delivery, push_subscription, task
+from todo_api.reminders.push import Outcome, classify, generate_vapid_keys, retry_after_seconds, signer_from_config
+from todo_api.reminders.worker import (
     _TASKS_DUE,
     LEASE,
     MAX_ATTEMPTS,
@@ -38,7 +40,6 @@ from todo_api.reminders import (
     reminder_time,
     run_forever,
 )
-from todo_api.tables import push_delivery, push_subscription, task
 from todo_api.timezones import utcnow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

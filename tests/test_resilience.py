@@ -6,7 +6,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from support import ADMIN_URL
-from todo_api.database import get_engine, normalize_url
+from todo_api.db.connections import get_engine
+from todo_api.db.engine import normalize_url
 
 pytestmark = pytest.mark.backends("postgres", "pgbouncer")
 

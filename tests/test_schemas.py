@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import select
 
 from support import FULL_TASK
-from todo_api.database import get_engine
-from todo_api.schemas import TaskSchema, task_output
-from todo_api.tables import SHOWN_TASK_COLUMNS, task
+from todo_api.db.connections import get_engine
+from todo_api.db.tables import SHOWN_TASK_COLUMNS, task
+from todo_api.tasks.schemas import TaskSchema, task_output
 
 VARIETY = [
     {"title": "plain"},

@@ -5,8 +5,8 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from todo_api.database import get_engine
-from todo_api.tables import user_settings
+from todo_api.db.connections import get_engine
+from todo_api.db.tables import user_settings
 
 
 def stored_rows(app):

@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from todo_api.database import get_engine
+from todo_api.db.connections import get_engine
 
 pytestmark = pytest.mark.backends("postgres", "pgbouncer")  # statement timeouts are Postgres's
 

@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
-from todo_api.database import get_engine
-from todo_api.tables import push_subscription
+from todo_api.db.connections import get_engine
+from todo_api.db.tables import push_subscription
 
 ENDPOINT = "https://fcm.googleapis.com/fcm/send/fH1e:APA91bE-x_Yz"
 OTHER_ENDPOINT = "https://updates.push.services.mozilla.com/wpush/v2/gAAAAABf"

@@ -12,9 +12,9 @@ from sqlalchemy import event, text
 
 from support import base_config
 from todo_api import create_app
-from todo_api.database import get_engine
-from todo_api.migrate import current_revision, downgrade, upgrade
-from todo_api.token_digest import token_digest
+from todo_api.db.connections import get_engine
+from todo_api.db.migrate import current_revision, downgrade, upgrade
+from todo_api.db.token_digest import token_digest
 
 postgres_only = pytest.mark.backends("postgres", "pgbouncer")
 INDEX_DEFINITION = "CREATE INDEX ix_session_token_digest ON public.session USING btree (todo_api_token_digest(token))"

@@ -8,11 +8,15 @@ from pathlib import Path
 from dotenv import load_dotenv
 from flask import Flask
 
-from . import cli, config, cors, database, errors, ratelimit, state, web
-from .auth import KnownSessions, session_guard, session_lookup
-from .json_provider import OrjsonProvider
-from .listing import Cursors
-from .mode import Mode, running_mode
+from todo_api import cli, config, errors, mode
+from todo_api.auth import sessions
+from todo_api.db import connections as database
+from todo_api.http import cors
+from todo_api.http import policy as web
+from todo_api.http.json import OrjsonProvider
+from todo_api.mode import Mode
+from todo_api.ratelimit import limits as ratelimit
+from todo_api.tasks import listing
 
 log = logging.getLogger(__name__)
 
@@ -51,57 +55,53 @@ def create_app(test_config=None):
         app.config.from_mapping(test_config)
 
     logging.basicConfig(level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    mode = running_mode(app)
-    apply_mode(app, mode)
-    register_extensions(app, mode)
+    running = mode.running_mode(app)
+    apply_mode(app, running)
+    register_extensions(app, running)
     register_blueprints(app)
     errors.init_app(app)
     cli.init_app(app)
-    if mode is Mode.PRODUCTION and not app.config["BETTER_AUTH_SECRET"]:
+    if running is Mode.PRODUCTION and not app.config["BETTER_AUTH_SECRET"]:
         log.warning(UNCHECKABLE_SIGNATURES)
     return app
 
 
-def apply_mode(app, mode):
+def apply_mode(app, running):
     """What the mode decides (see mode.py): production refuses to start without DATABASE_URL, and only
     development lets the frontend's development server (DEVELOPMENT_CORS_ORIGINS) in by default."""
-    if mode is Mode.PRODUCTION and not app.config["DATABASE_URL"]:
+    if running is Mode.PRODUCTION and not app.config["DATABASE_URL"]:
         raise RuntimeError(MISSING_DATABASE_URL)
     if app.config["CORS_ORIGINS"] is None:
-        app.config["CORS_ORIGINS"] = list(config.DEVELOPMENT_CORS_ORIGINS) if mode is Mode.DEVELOPMENT else []
+        app.config["CORS_ORIGINS"] = list(config.DEVELOPMENT_CORS_ORIGINS) if running is Mode.DEVELOPMENT else []
 
 
-def register_extensions(app, mode):
-    engine = database.build_engine(app.config, app.instance_path)
-    app_state = state.AppState(
-        engine=engine,
-        connections=database.ThreadConnections(engine),
-        session_lookup=session_lookup(app.config),
-        cursors=Cursors(signing_secret(app, mode)),
-        session_guard=session_guard(app.config),
-        known_sessions=KnownSessions(),
-        mode=mode,
-    )
-    state.init_app(app, app_state)
+def register_extensions(app, running):
+    mode.init_app(app, running)
     database.init_app(app)
+    sessions.init_app(app)
+    listing.init_app(app, signing_secret(app, running))
     cors.init_app(app)
     ratelimit.init_app(app)
 
 
-def signing_secret(app, mode):
+def signing_secret(app, running):
     """The key that signs page cursors. In production it must be set: the flask commands sign no cursor and must
     work on a fresh clone, and development and the tests may use a public one."""
     secret = app.config["SECRET_KEY"] or app.config["BETTER_AUTH_SECRET"]
     if secret:
         return secret
-    if mode is Mode.PRODUCTION:
+    if running is Mode.PRODUCTION:
         raise RuntimeError(MISSING_SECRET)
     log.warning("SECRET_KEY and BETTER_AUTH_SECRET are unset: page cursors are signed with a public development secret")
     return DEVELOPMENT_SECRET
 
 
 def register_blueprints(app):
-    from . import health, openapi, settings, subscriptions, tasks
+    from todo_api.http import health
+    from todo_api.openapi import document as openapi
+    from todo_api.reminders import subscriptions
+    from todo_api.tasks import routes as tasks
+    from todo_api.tasks import time_zone as settings
 
     app.register_blueprint(health.bp)
     app.register_blueprint(tasks.bp)

@@ -18,13 +18,13 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import delete, exists, func, insert, inspect, select, union
 
-from . import schema, tables
-from .database import get_engine
-from .migrate import create_schema, current_revision, downgrade, migration_engine, upgrade
+from todo_api.db import schema, tables
+from todo_api.db.connections import get_engine
+from todo_api.db.migrate import create_schema, current_revision, downgrade, migration_engine, upgrade
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 
-log = logging.getLogger("todo_api.reminders")
+log = logging.getLogger("todo_api.reminders.worker")
 
 
 def random_id(length=32):
@@ -191,8 +191,8 @@ def reminder_worker(app):
 
     Imported here, not at start-up: the web app never sends a push.
     """
-    from .delivery import VapidSettingError
-    from .reminders import Worker
+    from todo_api.reminders.push import VapidSettingError
+    from todo_api.reminders.worker import Worker
 
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its debug lines name the URLs it calls
     try:
@@ -204,7 +204,7 @@ def reminder_worker(app):
 @reminders_command.command("run")
 def reminders_run_command():
     """Push due reminders every REMINDER_POLL_SECONDS until SIGTERM or SIGINT (then finish the batch, exit 0)."""
-    from .reminders import run_forever
+    from todo_api.reminders.worker import run_forever
 
     app = current_app._get_current_object()
     worker = reminder_worker(app)
@@ -222,7 +222,7 @@ def reminders_run_command():
 @reminders_command.command("send-due")
 def reminders_send_due_command():
     """Push every reminder that is due now, once (for cron), and print what became of them."""
-    from .reminders import describe
+    from todo_api.reminders.worker import describe
 
     worker = reminder_worker(current_app._get_current_object())
     try:
@@ -238,7 +238,7 @@ def vapid_keys_command():
 
     The public key is also the frontend's NEXT_PUBLIC_VAPID_PUBLIC_KEY.
     """
-    from .delivery import generate_vapid_keys
+    from todo_api.reminders.push import generate_vapid_keys
 
     public_key, private_key = generate_vapid_keys()
     click.echo(f"VAPID_PUBLIC_KEY={public_key}")

@@ -43,10 +43,23 @@ def handle_unexpected_error(error):
     return error_response(500, InternalServerError.description)
 
 
+# Each kind of error and its answer; the first that an error is an instance of answers it.
+HANDLERS = [
+    (HTTPException, handle_http_error),
+    (ValidationError, handle_validation_error),
+    (DBAPIError, handle_database_error),
+    (DisconnectionError, database_unavailable),
+    (PoolTimeoutError, database_unavailable),
+    (Exception, handle_unexpected_error),
+]
+
+
+def handle_error(error):
+    """The answer to `error`, as the app's own handlers give it (for a handler of a blueprint that decides
+    which error to answer: see `auth.require_session`)."""
+    return next(handler for kind, handler in HANDLERS if isinstance(error, kind))(error)
+
+
 def init_app(app):
-    app.register_error_handler(HTTPException, handle_http_error)
-    app.register_error_handler(ValidationError, handle_validation_error)
-    app.register_error_handler(DBAPIError, handle_database_error)
-    app.register_error_handler(DisconnectionError, database_unavailable)
-    app.register_error_handler(PoolTimeoutError, database_unavailable)
-    app.register_error_handler(Exception, handle_unexpected_error)
+    for kind, handler in HANDLERS:
+        app.register_error_handler(kind, handler)

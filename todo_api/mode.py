@@ -25,7 +25,7 @@ What depends on it (in `create_app` and `auth`):
 import enum
 
 import click
-from flask import Flask
+from flask import Flask, current_app
 from flask.cli import run_command
 
 
@@ -53,3 +53,14 @@ def checks_every_signature(mode: Mode) -> bool:
     """Whether a signed credential must have its signature checked (and so is refused when there is no
     BETTER_AUTH_SECRET to check it with). Only the test suite and the development server may skip it."""
     return mode not in (Mode.TESTING, Mode.DEVELOPMENT)
+
+
+EXTENSION = "todo_api.mode"
+
+
+def init_app(app: Flask, mode: Mode) -> None:
+    app.extensions[EXTENSION] = mode
+
+
+def get_mode(app: Flask | None = None) -> Mode:
+    return (app or current_app).extensions[EXTENSION]

@@ -13,7 +13,8 @@ from support import REPO, base_config
 from support.private_postgres import running_cluster
 from todo_api import create_app
 from todo_api.cli import create_user_session
-from todo_api.database import get_engine, normalize_url
+from todo_api.db.connections import get_engine
+from todo_api.db.engine import normalize_url
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 from drills.harness import ClientThreads, Service
 from support import base_config
 from todo_api import config, create_app
-from todo_api.database import get_engine
+from todo_api.db.connections import get_engine
 
 pytestmark = pytest.mark.postgres
 

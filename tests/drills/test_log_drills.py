@@ -21,9 +21,9 @@ from support import SECRET, base_config
 from support.pgbouncer import Pooler
 from support.pgbouncer import missing_requirement as pooler_missing
 from todo_api import create_app
-from todo_api.auth import sign
-from todo_api.database import get_engine
-from todo_api.token_digest import token_digest
+from todo_api.auth.credentials import sign
+from todo_api.db.connections import get_engine
+from todo_api.db.token_digest import token_digest
 
 
 @pytest.mark.backends("postgres", "sqlite")

@@ -18,7 +18,7 @@ import pytest
 from drills.harness import Service, SilentServer, WriteLoad, assert_no_secrets, stored_titles, unique_title
 from support import base_config
 from todo_api import create_app
-from todo_api.database import get_engine
+from todo_api.db.connections import get_engine
 
 pytestmark = pytest.mark.postgres
 

@@ -26,8 +26,8 @@ from support import base_config, truncate_postgres, user_id_of
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.config import from_environment
-from todo_api.database import get_engine
-from todo_api.tables import task
+from todo_api.db.connections import get_engine
+from todo_api.db.tables import task
 
 # Every request of a well-behaved client answers within this, however many slow clients are connected.
 LATENCY_BOUND = 0.1

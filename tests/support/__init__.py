@@ -18,8 +18,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import create_engine, delete, event, select, text, update
 from sqlalchemy.engine import make_url
 
-from todo_api.database import get_engine, normalize_url
-from todo_api.tables import auth_tables
+from todo_api.db.connections import get_engine
+from todo_api.db.engine import normalize_url
+from todo_api.db.tables import auth_tables
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -16,6 +16,7 @@ from todo_api.http import cors
 from todo_api.http import policy as web
 from todo_api.http.json import OrjsonProvider
 from todo_api.ratelimit import limits as ratelimit
+from todo_api.tasks import changes
 from todo_api.tasks.listing import Cursors
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def register_extensions(app):
         known_sessions=KnownSessions(),
     )
     state.init_app(app, app_state)
+    app.extensions[changes.EXTENSION] = changes.SyncTokens(signing_secret(app), app.config["SYNC_RETENTION_DAYS"])
     database.init_app(app)
     cors.init_app(app)
     ratelimit.init_app(app)

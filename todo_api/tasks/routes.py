@@ -18,15 +18,17 @@ from todo_api.http.json import OPTIONS as JSON_OPTIONS
 from todo_api.openapi.operations import operation, request_body, response
 from todo_api.ratelimit.limits import limit_user
 from todo_api.state import app_state, get_cursors
-from todo_api.tasks import idempotency, listing
+from todo_api.tasks import changes, idempotency, listing
 from todo_api.tasks import store as task_store
 from todo_api.tasks.conditional import etag, etag_of, if_match_versions, not_modified
 from todo_api.tasks.schemas import (
     ChangedTaskEnvelopeSchema,
+    ChangesEnvelopeSchema,
     DeletedEnvelopeSchema,
     ListQuery,
     TaskEnvelopeSchema,
     TaskListEnvelopeSchema,
+    changes_query_schema,
     completion_schema,
     filter_sort_query_schema,
     list_query_schema,
@@ -274,3 +276,29 @@ def complete_task(task_id):
 @operation("Mark a task's reminder as sent", response=TASK, etag=True, conditional=True, errors=[404])
 def mark_reminder_sent(task_id):
     return one_task(task_store.mark_reminder_sent(get_db(), g.user_id, task_id, if_match_versions(task_id)))
+
+
+@bp.get("/tasks/changes")
+@operation(
+    "Changes since a sync token",
+    description="Without `since`: every task of the caller, and a `sync_token`. With `since`: the tasks created or "
+    "changed after that token, each as it is now, and the ids of tasks deleted after it, then a new token. A client "
+    "that applies every answer in order (upsert each task in `data`, drop each id in `deleted`) holds exactly the "
+    "caller's tasks. With `has_more`, call again at once with the new token. A token of another user, or one that "
+    "is not ours, is 422 naming `since`; one older than `SYNC_RETENTION_DAYS` is 410: sync again without `since`.",
+    query=changes_query_schema,
+    response=response("The changes, and the token to continue from.", ChangesEnvelopeSchema),
+    errors=[410],
+)
+def task_changes():
+    query, tokens = changes_query_schema.load(request.args), changes.get_sync_tokens()
+    position = tokens.load(query["since"], g.user_id) if "since" in query else None
+    found = changes.changes_since(get_db(), g.user_id, position, query["limit"])
+    return json_response(
+        {
+            "data": [task_output(row) for row in found.tasks],
+            "deleted": found.deleted,
+            "sync_token": tokens.dump(g.user_id, found.position),
+            "has_more": found.has_more,
+        }
+    )

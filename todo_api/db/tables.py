@@ -160,7 +160,7 @@ push_delivery = Table(
 
 
 # The task change log (see migration 0010 and `tasks.changes`): written by a trigger on `task`, never by a
-# statement of ours. `task_change_counter` exists on SQLite only: the trigger's commit-ordered counter.
+# statement of ours. `task_change_counter` is SQLite's commit-ordered counter for it (unused on Postgres).
 task_change = Table(
     "task_change",
     metadata,

@@ -76,12 +76,13 @@ def upgrade():
         sa.PrimaryKeyConstraint("user_id", "txid", "task_id", name="pk_task_change"),
     )
     op.create_index("ix_task_change_changed_at", "task_change", ["changed_at"])
+    # Read by SQLite's triggers only; one row on Postgres too, so that both hold the same tables.
+    op.create_table("task_change_counter", sa.Column("value", sa.BigInteger(), nullable=False))
+    op.execute("INSERT INTO task_change_counter (value) VALUES (0)")
     if op.get_bind().dialect.name == "postgresql":
         op.execute(POSTGRES_FUNCTION)
         op.execute(POSTGRES_TRIGGER)
         return
-    op.create_table("task_change_counter", sa.Column("value", sa.BigInteger(), nullable=False))
-    op.execute("INSERT INTO task_change_counter (value) VALUES (0)")
     for name, (when, rows) in SQLITE_TRIGGERS.items():
         body = "".join(SQLITE_RECORD.format(row=row) for row in rows)
         op.execute(f"CREATE TRIGGER {name} {when} ON task BEGIN {body} END")
@@ -94,6 +95,6 @@ def downgrade():
     else:
         for name in SQLITE_TRIGGERS:
             op.execute(f"DROP TRIGGER {name}")
-        op.drop_table("task_change_counter")
+    op.drop_table("task_change_counter")
     op.drop_index("ix_task_change_changed_at", table_name="task_change")
     op.drop_table("task_change")

@@ -8,7 +8,7 @@ from support import REFERENCE_TASK_COLUMNS, user_id_of
 from todo_api.db.connections import get_engine
 from todo_api.db.migrate import current_revision, downgrade, upgrade
 
-HEAD = "0009"
+HEAD = "0010"
 
 
 def task_indexes(engine):

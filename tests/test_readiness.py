@@ -15,8 +15,8 @@ BETTER_AUTH = (
     "or set SESSION_TABLE and the SESSION_*_COLUMN variables to the names Better Auth was configured with."
 )
 EVERY_TABLE = (
-    "table alembic_version, table idempotency_key, table push_subscription, table task, table user_settings, "
-    "table push_delivery"
+    "table alembic_version, table idempotency_key, table push_subscription, table task, table task_change, "
+    "table task_change_counter, table user_settings, table push_delivery"
 )
 
 

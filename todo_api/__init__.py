@@ -16,7 +16,7 @@ from todo_api.http import policy as web
 from todo_api.http.json import OrjsonProvider
 from todo_api.mode import Mode
 from todo_api.ratelimit import limits as ratelimit
-from todo_api.tasks import listing
+from todo_api.tasks import changes, listing
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ def register_extensions(app, running):
     mode.init_app(app, running)
     database.init_app(app)
     sessions.init_app(app)
-    listing.init_app(app, signing_secret(app, running))
+    secret = signing_secret(app, running)
+    listing.init_app(app, secret)
+    changes.init_app(app, secret)
     cors.init_app(app)
     ratelimit.init_app(app)
 

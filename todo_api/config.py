@@ -128,6 +128,8 @@ def from_environment():
         "DATABASE_STATEMENT_TIMEOUT_MS": env_int("DATABASE_STATEMENT_TIMEOUT_MS", 5000),
         "SEARCH_STATEMENT_TIMEOUT_MS": env_int("SEARCH_STATEMENT_TIMEOUT_MS", 1000),
         "RESPONSE_MAX_BYTES": env_int("RESPONSE_MAX_BYTES", 1024 * 1024, minimum=1),
+        # How long `GET /api/tasks/changes` remembers changes (deletions included); an older token is 410.
+        "SYNC_RETENTION_DAYS": env_int("SYNC_RETENTION_DAYS", 30, minimum=1),
         "SECRET_KEY": env_str("SECRET_KEY"),
         "BETTER_AUTH_SECRET": env_str("BETTER_AUTH_SECRET"),
         "BETTER_AUTH_COOKIE_PREFIX": env_str("BETTER_AUTH_COOKIE_PREFIX", "better-auth"),

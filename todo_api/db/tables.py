@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -162,6 +163,19 @@ push_delivery = Table(
     Column("claim_token", String(32)),
     UniqueConstraint("task_id", "subscription_id", name="uq_push_delivery_task_subscription"),
 )
+
+
+# The task change log (see migration 0010 and `tasks.changes`): written by a trigger on `task`, never by a
+# statement of ours. `task_change_counter` is SQLite's commit-ordered counter for it (unused on Postgres).
+task_change = Table(
+    "task_change",
+    metadata,
+    Column("user_id", String, primary_key=True),
+    Column("txid", BigInteger, primary_key=True),
+    Column("task_id", Integer, primary_key=True),
+    Column("changed_at", DateTime, nullable=False),
+)
+task_change_counter = Table("task_change_counter", metadata, Column("value", BigInteger, nullable=False))
 
 
 # -- Better Auth's tables ---------------------------------------------------

@@ -81,6 +81,10 @@ ERRORS = {
             {"Allow": {"description": "The methods this path takes.", "schema": {"type": "string"}}},
         ),
     ),
+    410: (
+        "Gone",
+        error("The sync token is older than `SYNC_RETENTION_DAYS`: sync again from the start, without `since`."),
+    ),
     412: ("PreconditionFailed", error("`If-Match` names a version of the task that is no longer current.")),
     413: ("PayloadTooLarge", error("The body is over 1 MiB.")),
     415: (

@@ -18,14 +18,16 @@ from todo_api.db.connections import run_retrying_once
 from todo_api.http.body import has_body, json_body
 from todo_api.http.json import OPTIONS as JSON_OPTIONS
 from todo_api.openapi.operations import operation, request_body, response
-from todo_api.tasks import idempotency, listing, store
+from todo_api.tasks import changes, idempotency, listing, store
 from todo_api.tasks.conditional import etag, etag_of, if_match_versions, not_modified
 from todo_api.tasks.schemas import (
     ChangedTaskEnvelopeSchema,
+    ChangesEnvelopeSchema,
     DeletedEnvelopeSchema,
     ListQuery,
     TaskEnvelopeSchema,
     TaskListEnvelopeSchema,
+    changes_query_schema,
     completion_schema,
     filter_sort_query_schema,
     list_query_schema,
@@ -221,3 +223,31 @@ def complete_task(task_id):
 def mark_reminder_sent(task_id):
     versions, caller = if_match_versions(task_id), g.caller
     return one_task(run_retrying_once(lambda db: store.mark_reminder_sent(db, caller, task_id, versions), writes=True))
+
+
+@bp.get("/tasks/changes")
+@operation(
+    "Changes since a sync token",
+    description="Without `since`: every task of the caller, and a `sync_token`. With `since`: the tasks created or "
+    "changed after that token, each as it is now, and the ids of tasks deleted after it, then a new token. A client "
+    "that applies every answer in order (upsert each task in `data`, drop each id in `deleted`) holds exactly the "
+    "caller's tasks. With `has_more`, call again at once with the new token. A token of another user, or one that "
+    "is not ours, is 422 naming `since`; one older than `SYNC_RETENTION_DAYS` is 410: sync again without `since`.",
+    query=changes_query_schema,
+    response=response("The changes, and the token to continue from.", ChangesEnvelopeSchema),
+    errors=[410],
+)
+def task_changes():
+    query, tokens, caller = changes_query_schema.load(request.args), changes.get_sync_tokens(), g.caller
+    position = tokens.load(query["since"], caller.user_id) if "since" in query else None
+    found = run_retrying_once(lambda db: changes.changes_since(db, caller, position, query["limit"]), writes=False)
+    if not (found.tasks or found.deleted):
+        confirm_session(caller)
+    return json_response(
+        {
+            "data": [task_output(row) for row in found.tasks],
+            "deleted": found.deleted,
+            "sync_token": tokens.dump(caller.user_id, found.position),
+            "has_more": found.has_more,
+        }
+    )

@@ -369,6 +369,19 @@ class SearchQuerySchema(ListQuerySchema):
     q = text(SEARCH_MAX, min_length=1, required=True, data_key="keyword")
 
 
+class ChangesQuerySchema(Schema):
+    """`GET /api/tasks/changes`: the token of the last answer (none: from the beginning) and a page size."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    since = fields.String(
+        validate=validate.Length(min=1, max=100_000),
+        metadata={"description": "`sync_token` of the previous answer; without it, every task, from the start."},
+    )
+    limit = fields.Integer(strict=False, load_default=1000, validate=validate.Range(min=1, max=1000))
+
+
 # -- Settings and push subscriptions ------------------------------------------------
 
 
@@ -483,6 +496,7 @@ completion_schema = CompletionSchema()
 list_query_schema = ListQuerySchema()
 filter_sort_query_schema = FilterSortQuerySchema()
 search_query_schema = SearchQuerySchema()
+changes_query_schema = ChangesQuerySchema()
 
 
 # -- Response shapes ----------------------------------------------------------
@@ -518,6 +532,13 @@ class ChangedTaskEnvelopeSchema(TaskEnvelopeSchema):
 class TaskListEnvelopeSchema(Schema):
     data = fields.List(fields.Nested(TaskSchema), required=True)
     next_cursor = fields.String(metadata={"description": "Present when more tasks follow: pass it as `cursor`."})
+
+
+class ChangesEnvelopeSchema(Schema):
+    data = fields.List(fields.Nested(TaskSchema), required=True, metadata={"description": "Upsert each, in order."})
+    deleted = fields.List(fields.Integer(), required=True, metadata={"description": "Ids of tasks to drop."})
+    sync_token = fields.String(required=True, metadata={"description": "Pass it as `since` next time."})
+    has_more = fields.Boolean(required=True, metadata={"description": "More changes follow: call again at once."})
 
 
 class DeletedSchema(Schema):

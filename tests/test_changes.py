@@ -160,7 +160,8 @@ def test_without_a_session_it_is_401(client):
 
 
 def write_at_random(app, auth, seed, stop):
-    """One writer: creates, edits, completes and reopens (recurring tasks too) and deletes its user's tasks."""
+    """One writer: creates, edits, completes and reopens (recurring tasks too), deletes and batches its user's
+    tasks."""
     rng = random.Random(seed)
     client = app.test_client()
     mine = []
@@ -176,13 +177,25 @@ def write_at_random(app, auth, seed, stop):
         elif choice < 0.55:
             task_id = rng.choice(mine)
             client.put(f"/api/tasks/{task_id}", headers=auth, json={"title": f"edit {seed}-{n}"})
-        elif choice < 0.8:
+        elif choice < 0.7:
             response = client.patch(f"/api/tasks/{rng.choice(mine)}/complete", headers=auth)
             if response.status_code == 200 and "next_task" in response.get_json():
                 mine.append(response.get_json()["next_task"]["id"])
-        else:
+        elif choice < 0.9:
             task_id = mine.pop(rng.randrange(len(mine)))
             client.delete(f"/api/tasks/{task_id}", headers=auth)
+        else:
+            operations = [
+                {"op": "create", "temp_id": "new", "fields": {"title": f"batch {seed}-{n}"}},
+                {"op": "update", "id": "new", "fields": {"title": f"batch {seed}-{n}, edited"}},
+                {"op": "complete", "id": rng.choice(mine), "completed": rng.random() < 0.5},
+            ]
+            response = client.post("/api/tasks/batch", headers=auth, json={"operations": operations})
+            if response.status_code == 200:
+                body = response.get_json()
+                mine.append(body["temp_ids"]["new"])
+                if "next_task" in body["data"][2]:
+                    mine.append(body["data"][2]["next_task"]["id"])
     stop.wait(0)
 
 

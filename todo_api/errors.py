@@ -17,9 +17,10 @@ def error_response(status, detail, headers=None, **extra):
 
 
 def handle_http_error(error):
+    """An HTTP error's status and description; one of ours may add fields of its own (`fields`)."""
     headers = dict(error.get_headers())
     headers.pop("Content-Type", None)
-    return error_response(error.code, error.description, headers)
+    return error_response(error.code, error.description, headers, **getattr(error, "fields", {}))
 
 
 def handle_validation_error(error):

@@ -142,6 +142,8 @@ def transaction(connection: Connection, setting: tuple[str, str] | None = None) 
     Most requests are one statement and need none; the few that must change
     several rows together (completing a recurring task) open one explicitly.
     SQLite takes its write lock up front, so a read inside cannot go stale.
+    Inside a transaction already open on the connection (a batch of writes),
+    it opens none: the outer one commits or rolls back everything together.
 
     `setting`, a (name, value) pair (Postgres only), is set for this transaction
     alone, in the same round trip as BEGIN: statements inside read the value with
@@ -149,6 +151,9 @@ def transaction(connection: Connection, setting: tuple[str, str] | None = None) 
     to its log when a statement fails. A transaction pooler keeps it on one
     server connection, and it ends with the transaction.
     """
+    if in_transaction(connection.connection.dbapi_connection):
+        yield connection
+        return
     if setting is not None:
         name, value = setting
         connection.exec_driver_sql(BEGIN_WITH_SETTING, {"name": name, "value": value}).close()

@@ -211,8 +211,9 @@ def one_snapshot(db: Connection):
         db.exec_driver_sql("ROLLBACK")
 
 
-def current_position(db: Connection, now: int) -> Position:
+def current_position(db: Connection, now: int | None = None) -> Position:
     """The log position of the snapshot `db` reads in: nothing after it has been seen."""
+    now = now if now is not None else int(time.time())
     if db.dialect.name == "sqlite":
         counter = db.execute(_SNAPSHOT_SQLITE).scalar_one()
         return Position(0, (counter, LAST_TASK_ID), None, now)

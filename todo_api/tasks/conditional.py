@@ -64,7 +64,11 @@ def if_match_versions(task_id: int) -> Versions:
     the tags can match (weak tags never do, under the strong comparison that
     If-Match uses; nor does a malformed header): the write then answers 412.
     """
-    header = request.environ.get("HTTP_IF_MATCH")
+    return versions_named(request.environ.get("HTTP_IF_MATCH"), task_id)
+
+
+def versions_named(header: str | None, task_id: int) -> Versions:
+    """The task versions an If-Match value accepts (see `if_match_versions`)."""
     if header is None or header.strip() == "*":
         return None
     tags = entity_tags(header) or []

@@ -1,4 +1,4 @@
-"""Idempotency-Key on `POST /api/tasks`: a retried create returns the first result.
+"""Idempotency-Key on `POST /api/tasks` and `POST /api/tasks/batch`: a retried write returns the first result.
 
 A client that may retry a create (a timeout, a dropped connection) sends a key
 of its choosing. The first request with that key claims it and creates the
@@ -18,7 +18,7 @@ exactly one task is created, across workers and instances.
 import hashlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 from flask import request
@@ -106,8 +106,8 @@ class Created(NamedTuple):
     """A create's answer, first or replayed."""
 
     body: str  # the response body, JSON text, the same bytes every time
-    task_id: int
-    version: datetime  # the task's `updated_at` as created: its ETag then
+    task_id: int | None  # the task created (none for a batch)
+    version: datetime  # the task's `updated_at` as created: its ETag then (a batch's: when it ran)
     replayed: bool
 
 
@@ -117,9 +117,22 @@ def create_task_once(db: Connection, caller: Caller, key: str, fields: Values, r
     `render(row)` turns the created task into the response body (JSON text),
     which is stored and given back to every retry while the key lives.
     """
+
+    def create(now):
+        row = create_task(db, caller, fields, now=now)
+        return render(row), row.id, row.updated_at
+
+    return run_once(db, caller, key, fingerprint(fields), create)
+
+
+def run_once(
+    db: Connection, caller: Caller, key: str, request_hash: str, work: Callable[[datetime], tuple[str, int | None, Any]]
+) -> Created:
+    """Do `work(now)` once for this key and request: it returns (response body, task id, version) and runs in
+    the transaction that claims the key and stores the body, so all of it happens or none does. A retry gets
+    the stored answer back; the same key with another request is 422."""
     now = utcnow()
     cutoff = now - KEY_LIFETIME
-    request_hash = fingerprint(fields)
     params = {"owner_id": caller.user_id, "idempotency_key": key}
     with transaction(db):
         claimed = db.execute(
@@ -130,9 +143,8 @@ def create_task_once(db: Connection, caller: Caller, key: str, fields: Values, r
             if stored is None:  # the key is taken, so only a dead session finds nothing
                 raise NotAuthenticated()
         else:
-            row = create_task(db, caller, fields, now=now)
-            body = render(row)
-            db.execute(_STORE_RESPONSE, {**params, "created_task_id": row.id, "body": body})
+            body, task_id, version = work(now)
+            db.execute(_STORE_RESPONSE, {**params, "created_task_id": task_id, "body": body})
     if claimed is None:
         if stored.request_hash != request_hash:
             raise KeyReused()
@@ -140,4 +152,4 @@ def create_task_once(db: Connection, caller: Caller, key: str, fields: Values, r
     # A new key is the moment to drop this user's expired ones: an index range
     # scan of (user_id, created_at), outside the transaction above.
     db.execute(_FORGET_EXPIRED, {"owner_id": caller.user_id, "cutoff": cutoff})
-    return Created(body, row.id, row.updated_at, replayed=False)
+    return Created(body, task_id, version, replayed=False)

@@ -18,9 +18,11 @@ from todo_api.db.connections import run_retrying_once
 from todo_api.http.body import has_body, json_body
 from todo_api.http.json import OPTIONS as JSON_OPTIONS
 from todo_api.openapi.operations import operation, request_body, response
-from todo_api.tasks import changes, idempotency, listing, store
+from todo_api.tasks import batch, changes, idempotency, listing, store
 from todo_api.tasks.conditional import etag, etag_of, if_match_versions, not_modified
 from todo_api.tasks.schemas import (
+    BatchEnvelopeSchema,
+    BatchRequestSchema,
     ChangedTaskEnvelopeSchema,
     ChangesEnvelopeSchema,
     DeletedEnvelopeSchema,
@@ -76,6 +78,9 @@ def list_page(query: ListQuery):
         confirm_session(caller)
     body = listing.page_body(rows, query, cursors, task_output, config["RESPONSE_MAX_BYTES"])
     return Response(body, mimetype="application/json")
+
+
+JSON = {"mimetype": "application/json"}
 
 
 def json_response(body, headers=None):
@@ -251,3 +256,39 @@ def task_changes():
             "has_more": found.has_more,
         }
     )
+
+
+@bp.post("/tasks/batch")
+@operation(
+    "Apply many writes at once",
+    description="Up to 100 operations (`create`, `update`, `complete`, `delete`), in one transaction: all are "
+    "applied or none. Each is checked and answered as its single route is; `id` may name an earlier create's "
+    "`temp_id`. The first operation that fails is the answer (its status, with `operation`, its index, and "
+    "`errors`), and nothing is applied. Counts against the per-user rate limit as one request per operation.",
+    body=request_body(BatchRequestSchema, "The operations, in order."),
+    response=response("One result per operation, the temp ids' tasks and a sync token.", BatchEnvelopeSchema),
+    idempotent=True,
+    errors=[404, 412],
+)
+def batch_tasks():
+    operations, key, caller = batch.load_operations(request.get_json()), idempotency.request_key(), g.caller
+    if key is None:
+        return Response(run_retrying_once(lambda db: batch_body(db, caller, operations), writes=True), **JSON)
+    done = run_retrying_once(lambda db: batch_once(db, caller, key, operations), writes=True)
+    return Response(done.body, headers={"Idempotent-Replayed": "true"} if done.replayed else None, **JSON)
+
+
+def batch_body(db, caller, operations) -> str:
+    """A batch applied, as the JSON text of its answer."""
+    applied = batch.apply_batch(db, caller, operations)
+    token = changes.get_sync_tokens().dump(caller.user_id, applied.position)
+    return current_app.json.dumps({"data": applied.results, "temp_ids": applied.temp_ids, "sync_token": token})
+
+
+def batch_once(db, caller, key, operations) -> idempotency.Created:
+    """A batch under Idempotency-Key: applied once, its answer stored with the key for every retry."""
+
+    def apply(now):
+        return batch_body(db, caller, operations), None, now
+
+    return idempotency.run_once(db, caller, key, idempotency.fingerprint(operations), apply)

@@ -541,6 +541,35 @@ class ChangesEnvelopeSchema(Schema):
     has_more = fields.Boolean(required=True, metadata={"description": "More changes follow: call again at once."})
 
 
+class BatchOperationSchema(Schema):
+    """One operation of a batch, as documented (`tasks.batch` checks it, and its `fields` with the single
+    route's schema)."""
+
+    op = fields.String(required=True, validate=validate.OneOf(("create", "update", "complete", "delete")))
+    temp_id = fields.String(metadata={"description": "create: a name later operations may use as `id`."})
+    id = fields.Raw(metadata={"description": "update, complete, delete: a task id, or an earlier create's temp_id."})
+    fields_ = fields.Dict(data_key="fields", metadata={"description": "create: as POST /api/tasks; update: as PUT."})
+    completed = fields.Boolean(metadata={"description": "complete: the completion to set."})
+    if_match = fields.String(metadata={"description": "update, delete: an ETag, as the If-Match header takes."})
+
+
+class BatchRequestSchema(Schema):
+    operations = fields.List(fields.Nested(BatchOperationSchema), required=True, validate=validate.Length(1, 100))
+
+
+class BatchEnvelopeSchema(Schema):
+    data = fields.List(
+        fields.Dict(),
+        required=True,
+        metadata={
+            "description": "Per operation: the task (with `next_task` where a completion made one), or "
+            '`{"id": 7, "deleted": true}`.'
+        },
+    )
+    temp_ids = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    sync_token = fields.String(required=True, metadata={"description": "The change log's position after the batch."})
+
+
 class DeletedSchema(Schema):
     ok = fields.Boolean(required=True, metadata={"enum": [True]})
 

@@ -1,6 +1,6 @@
 """Settings, read once from environment variables with safe defaults.
 
-Every variable is documented in the README's configuration table.
+Every variable is documented in docs/configuration.md.
 """
 
 import os

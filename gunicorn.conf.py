@@ -1,4 +1,4 @@
-"""gunicorn settings, from the environment (see the README's configuration table)."""
+"""gunicorn settings, from the environment (see docs/configuration.md)."""
 
 import gc
 import os

@@ -1,6 +1,6 @@
 """todo-api: per-user tasks behind Better Auth sessions."""
 
-__version__ = "1.0.0"  # the one place it is written: setup.cfg and the OpenAPI document read it
+__version__ = "1.0.0"  # the one place it is written: pyproject.toml and the OpenAPI document read it
 
 import logging
 from pathlib import Path

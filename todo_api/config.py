@@ -1,8 +1,8 @@
 """Settings, read once from environment variables with safe defaults.
 
-Every variable is documented in the README's configuration table. A malformed value stops the app with a
-RuntimeError that names the variable (and never repeats a URL, which may hold a password). A few defaults
-depend on the mode the app runs in (see mode.py): those settings are None here when unset.
+Every variable is documented in docs/configuration.md. A malformed value stops the app with a RuntimeError
+that names the variable (and never repeats a URL, which may hold a password). A few defaults depend on the mode
+the app runs in (see mode.py): those settings are None here when unset.
 """
 
 import os

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -15,6 +16,16 @@ from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.db.connections import get_engine
 from todo_api.db.engine import normalize_url
+
+DRILLS = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(items):
+    """Every test in this folder is a drill: marked `drills`, so that `-m drills` and `-m "not drills"` select them."""
+    for item in items:
+        if DRILLS in item.path.parents:
+            item.add_marker(pytest.mark.drills)
 
 
 @pytest.fixture(scope="module")

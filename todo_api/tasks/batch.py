@@ -9,7 +9,7 @@ fails rolls every earlier one back and is the answer: its status, with
 """
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 from sqlalchemy.engine import Connection
@@ -70,7 +70,7 @@ class BatchSchema(Schema):
 
 operation_schema = OperationSchema()
 batch_schema = BatchSchema()
-FIELD_SCHEMAS = {"create": task_create_schema, "update": task_update_schema}
+FIELD_SCHEMAS: dict[str, Schema] = {"create": task_create_schema, "update": task_update_schema}
 
 
 class OperationFailed(HTTPException):
@@ -81,7 +81,7 @@ class OperationFailed(HTTPException):
         if isinstance(error, ValidationError):
             code, detail, errors = 422, "Validation failed", error.normalized_messages()
         else:
-            code, detail, errors = error.code, error.description, {}
+            code, detail, errors = error.code or 500, error.description or "", {}
             if isinstance(error, store.NoSuchTask):
                 errors = {"id": [detail]}
             elif isinstance(error, store.StaleTask):
@@ -164,7 +164,7 @@ def apply(db: Connection, caller: Caller, operation: Operation, temp_ids: dict[s
         if operation.temp_id is not None:
             temp_ids[operation.temp_id] = row.id
         return task_output(row)
-    task_id = temp_ids.get(operation.task, operation.task)
+    task_id = task_id_of(operation.task, temp_ids)
     versions = versions_named(operation.if_match, task_id)
     if operation.op == "delete":
         store.delete_task(db, caller, task_id, versions)
@@ -172,8 +172,16 @@ def apply(db: Connection, caller: Caller, operation: Operation, temp_ids: dict[s
     if operation.op == "update":
         row, next_task = store.update_task(db, caller, task_id, operation.fields, versions)
     else:
-        row, next_task = store.set_task_completed(db, caller, task_id, operation.completed, versions)
+        row, next_task = store.set_task_completed(db, caller, task_id, bool(operation.completed), versions)
     result = task_output(row)
     if next_task is not None:
         result["next_task"] = task_output(next_task)
     return result
+
+
+def task_id_of(reference: int | str | None, temp_ids: dict[str, int]) -> int:
+    """The task an operation names: its id, or the id an earlier create of the batch gave its temp_id (checked
+    by `load_operations`, with the presence of `id`)."""
+    if isinstance(reference, str):
+        return temp_ids[reference]
+    return cast(int, reference)

@@ -138,17 +138,15 @@ def run_once(
         claimed = db.execute(
             _CLAIM[db.dialect.name], {**params, "fingerprint": request_hash, "now": now, "cutoff": cutoff}
         ).first()
-        if claimed is None:
+        if claimed is None:  # taken: this is a retry (nothing was written, so leaving the transaction is all)
             stored = db.execute(caller.guarded(_STORED), {**params, **caller.params}).first()
             if stored is None:  # the key is taken, so only a dead session finds nothing
                 raise NotAuthenticated()
-        else:
-            body, task_id, version = work(now)
-            db.execute(_STORE_RESPONSE, {**params, "created_task_id": task_id, "body": body})
-    if claimed is None:
-        if stored.request_hash != request_hash:
-            raise KeyReused()
-        return Created(stored.response, stored.task_id, stored.created_at, replayed=True)
+            if stored.request_hash != request_hash:
+                raise KeyReused()
+            return Created(stored.response, stored.task_id, stored.created_at, replayed=True)
+        body, task_id, version = work(now)
+        db.execute(_STORE_RESPONSE, {**params, "created_task_id": task_id, "body": body})
     # A new key is the moment to drop this user's expired ones: an index range
     # scan of (user_id, created_at), outside the transaction above.
     db.execute(_FORGET_EXPIRED, {"owner_id": caller.user_id, "cutoff": cutoff})

@@ -243,3 +243,14 @@ def test_a_change_that_commits_after_a_later_one_is_not_skipped(app, client, aut
         sync(client, auth, replica, token)
     assert sorted(task["title"] for task in replica.values()) == ["early", "first", "late"]
     assert replica == server_tasks(client, auth)
+
+
+def test_purge_changes_forgets_the_log_older_than_the_retention(app, client, auth, create_task):
+    create_task(title="old news")
+    with get_engine(app).begin() as connection:
+        connection.execute(text("UPDATE task_change SET changed_at = '2020-01-01 00:00:00'"))
+    create_task(title="fresh")
+    result = app.test_cli_runner().invoke(args=["purge-changes"])
+    assert (result.exit_code, result.output) == (0, "Purged 1 change log rows older than 30 days.\n")
+    with get_engine(app).connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM task_change")).scalar() == 1

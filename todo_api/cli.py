@@ -21,6 +21,7 @@ from sqlalchemy import delete, exists, func, insert, inspect, select, union
 from todo_api.db import schema, tables
 from todo_api.db.connections import get_engine
 from todo_api.db.migrate import create_schema, current_revision, downgrade, migration_engine, upgrade
+from todo_api.tasks.changes import purge_changes
 
 TOKEN_ALPHABET = string.ascii_letters + string.digits
 
@@ -183,6 +184,15 @@ def erase_user_command(user_id, dry_run):
     click.echo(f"User {user_id}. {summary(dry_run, counts)}")
 
 
+@click.command("purge-changes")
+@with_appcontext
+def purge_changes_command():
+    """Forget the change log's rows older than SYNC_RETENTION_DAYS (sync tokens that old are refused with 410)."""
+    with get_engine().begin() as connection:
+        purged = purge_changes(connection, current_app.config["SYNC_RETENTION_DAYS"])
+    click.echo(f"Purged {purged} change log rows older than {current_app.config['SYNC_RETENTION_DAYS']} days.")
+
+
 reminders_command = AppGroup("reminders", help="Push due reminders to the users' browsers (Web Push).")
 
 
@@ -253,3 +263,4 @@ def init_app(app):
     app.cli.add_command(create_session_command)
     app.cli.add_command(erase_orphans_command)
     app.cli.add_command(erase_user_command)
+    app.cli.add_command(purge_changes_command)

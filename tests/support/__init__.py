@@ -126,7 +126,16 @@ def throwaway_database(admin_url, prefix, *settings):
         admin.dispose()
 
 
-TRUNCATED = ("task", "idempotency_key", "user_settings", "push_subscription", "push_delivery", '"session"', '"user"')
+TRUNCATED = (
+    "task",
+    "task_change",
+    "idempotency_key",
+    "user_settings",
+    "push_subscription",
+    "push_delivery",
+    '"session"',
+    '"user"',
+)
 
 
 def truncate_postgres(engine):

@@ -85,6 +85,8 @@ def main():
                     "PUSH_ALLOW_INSECURE_ENDPOINTS": True,
                     "REMINDER_BATCH_SIZE": args.batch,
                     "REMINDER_PUSH_THREADS": args.threads,
+                    # One pass pushes them all, however many fall to one user.
+                    "REMINDER_PUSHES_PER_USER": args.reminders,
                     "LOG_LEVEL": "WARNING",
                 }
             )

@@ -175,6 +175,10 @@ def test_production_signs_cursors_with_the_secret_it_is_given(no_secret, make_ap
         ("REMINDER_LEAD_MINUTES", "43201", "REMINDER_LEAD_MINUTES must be at most 43200, got 43201"),
         ("REMINDER_POLL_SECONDS", "0", "REMINDER_POLL_SECONDS must be at least 1, got 0"),
         ("PUSH_ALLOW_INSECURE_ENDPOINTS", "maybe", "PUSH_ALLOW_INSECURE_ENDPOINTS must be true or false, got 'maybe'"),
+        ("PUSH_TIMEOUT_SECONDS", "61", "PUSH_TIMEOUT_SECONDS must be at most 60, got 61"),
+        ("PUSH_TIMEOUT_SECONDS", "0", "PUSH_TIMEOUT_SECONDS must be at least 1, got 0"),
+        ("PUSH_SUBSCRIPTIONS_PER_USER", "0", "PUSH_SUBSCRIPTIONS_PER_USER must be at least 1, got 0"),
+        ("REMINDER_PUSHES_PER_USER", "0", "REMINDER_PUSHES_PER_USER must be at least 1, got 0"),
     ],
 )
 def test_reminder_settings_out_of_range_name_the_variable(monkeypatch, name, value, message):
@@ -402,3 +406,15 @@ def test_a_malformed_setting_names_its_variable_and_never_repeats_a_url(monkeypa
 def test_log_level_is_taken_in_any_case(monkeypatch):
     monkeypatch.setenv("LOG_LEVEL", "warning")
     assert from_environment()["LOG_LEVEL"] == "WARNING"
+
+
+def test_the_bounds_on_one_users_pushes_default_to_10_subscriptions_and_50_pushes_a_pass(monkeypatch):
+    for name in ("PUSH_SUBSCRIPTIONS_PER_USER", "REMINDER_PUSHES_PER_USER", "PUSH_TIMEOUT_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    config = from_environment()
+    assert (config["PUSH_SUBSCRIPTIONS_PER_USER"], config["REMINDER_PUSHES_PER_USER"]) == (10, 50)
+    assert config["PUSH_TIMEOUT_SECONDS"] == 10
+    monkeypatch.setenv("PUSH_SUBSCRIPTIONS_PER_USER", "3")
+    monkeypatch.setenv("REMINDER_PUSHES_PER_USER", "200")
+    config = from_environment()
+    assert (config["PUSH_SUBSCRIPTIONS_PER_USER"], config["REMINDER_PUSHES_PER_USER"]) == (3, 200)

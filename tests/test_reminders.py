@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql
 
 from support import base_config, free_port, user_id_of
 from support.private_postgres import running_cluster
-from support.push_service import PushService, b64url_decode
+from support.push_service import MisbehavingService, PushService, b64url_decode, refuse_lookups_beyond_loopback
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.db.connections import get_engine
@@ -73,6 +73,11 @@ def at(**delta):
 
 def iso(moment):
     return moment.replace(tzinfo=UTC).isoformat()
+
+
+@pytest.fixture(autouse=True)
+def no_lookups_beyond_loopback(monkeypatch):
+    refuse_lookups_beyond_loopback(monkeypatch)
 
 
 @pytest.fixture
@@ -397,7 +402,7 @@ def test_a_push_service_that_does_not_answer_in_time_is_retried(client, auth, ap
     app.config["PUSH_TIMEOUT_SECONDS"] = 0.5
     push_service.delay = 1.5
     assert send_due(app) == Counter(retry=1)
-    assert f"push outcomes other than delivered: ReadTimeout x1; tasks {task_id}" in caplog.text
+    assert f"push outcomes other than delivered: TimeoutError x1; tasks {task_id}" in caplog.text
     push_service.delay = 0
     deadline = time.monotonic() + 10
     while not push_service.messages and time.monotonic() < deadline:  # the slow answer's request is taken late
@@ -437,7 +442,7 @@ def test_a_claim_whose_worker_died_is_pushed_once_its_lease_ends(client, auth, a
     client.post("/api/tasks", headers=auth, json={"title": "t", "remind_at": iso(NOW)})
     dead = Worker.from_app(app)
     with get_engine(app).connect() as db:
-        _, claimed = dead.claim(db, "0" * 32, NOW)  # claimed, then the worker is gone before pushing
+        claimed = dead.claim(db, "0" * 32, NOW).deliveries  # claimed, then the worker is gone before pushing
     dead.close()
     assert len(claimed) == 1
     assert send_due(app, at(seconds=LEASE.total_seconds() - 1)) == Counter()
@@ -446,21 +451,271 @@ def test_a_claim_whose_worker_died_is_pushed_once_its_lease_ends(client, auth, a
 
 
 @pytest.mark.backends("postgres")
-def test_finding_due_reminders_reads_only_the_unsent_tasks_through_their_indexes(app):
+def test_finding_due_reminders_reads_only_the_unsent_tasks_through_their_indexes(make_app):
     """40,000 tasks, half of them reminded already: the claim's scan is the two partial indexes, not the table."""
+    app = make_app(**PUSH_CONFIG, DATABASE_STATEMENT_TIMEOUT_MS=60000)  # the fill takes seconds on a busy machine
     with get_engine(app).connect() as connection:
         connection.execute(FILL)
         connection.execute(text("UPDATE task SET reminder_sent = true WHERE id % 2 = 0"))
         connection.execute(text("ANALYZE task"))
         cursor = connection.connection.dbapi_connection.cursor()
-        cursor.execute(
-            "EXPLAIN " + str(_TASKS_DUE.compile(dialect=postgresql.dialect())),
-            {"now": utcnow(), "due_by": utcnow() + timedelta(hours=1), "batch": 100},
+        statement = _TASKS_DUE.params(
+            now=utcnow(), due_by=utcnow() + timedelta(hours=1), batch=100, exhausted=["user-3", "user-9"]
         )
+        compiled = statement.compile(dialect=postgresql.dialect()).construct_expanded_state()
+        cursor.execute("EXPLAIN " + compiled.statement, compiled.parameters)
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "Bitmap Index Scan on ix_task_reminder_at" in plan, plan
     assert "Bitmap Index Scan on ix_task_reminder_due_date" in plan, plan
     assert "Seq Scan on task" not in plan, plan
+
+
+# -- One push's trouble is its own ---------------------------------------------------------------
+
+
+def store_subscription(app, user_id, subscription):
+    """A subscription written straight into the table, as one stored before today's rules was."""
+    now = utcnow()
+    with get_engine(app).begin() as connection:
+        connection.execute(
+            insert(push_subscription).values(user_id=user_id, created_at=now, updated_at=now, **subscription)
+        )
+
+
+# Endpoints the subscribe route refuses, as stored before it did. Those on 127.0.0.1 in another notation point
+# at the tests' push service: had the worker connected, the service would have counted a request.
+POISONS = {
+    "a host label over 63 characters": lambda service: "https://" + "a" * 64 + ".example.com/x",
+    "a name over 253 characters": lambda service: "https://" + ("a" * 62 + ".") * 4 + "com/x",
+    "127.1": lambda service: f"http://127.1:{service.port}/push/mallory",
+    "0x7f.1": lambda service: f"http://0x7f.1:{service.port}/push/mallory",
+    "0177.0.0.1": lambda service: f"http://0177.0.0.1:{service.port}/push/mallory",
+    "127.0.1": lambda service: f"http://127.0.1:{service.port}/push/mallory",
+    "2130706433": lambda service: f"http://2130706433:{service.port}/push/mallory",
+    "%-encoded": lambda service: f"http://%31%32%37.0.0.1:{service.port}/push/mallory",
+    "IPv4-mapped IPv6": lambda service: f"http://[::ffff:127.0.0.1]:{service.port}/push/mallory",
+    "a local name": lambda service: f"http://push.localhost:{service.port}/push/mallory",
+}
+
+
+@pytest.mark.parametrize("poison", POISONS.values(), ids=POISONS.keys())
+def test_a_poisoned_subscription_is_its_own_outcome_and_the_victim_is_pushed_once(
+    client, app, new_session, push_service, poison
+):
+    mallory, victim = (new_session(f"{name}@example.com") for name in ("mallory", "victim"))
+    mallory_auth, victim_auth = ({"Authorization": f"Bearer {token}"} for token in (mallory, victim))
+    client.post("/api/notifications/subscribe", headers=victim_auth, json=push_service.subscription("victim"))
+    keys = push_service.subscription("mallory")
+    store_subscription(app, user_id_of(app, mallory), {**keys, "endpoint": poison(push_service)})
+    create(client, mallory_auth, title="Mallory's", remind_at=iso(NOW))
+    create(client, victim_auth, title="Victim's", remind_at=iso(NOW))
+    assert send_due(app) == Counter(delivered=1, rejected=1)
+    assert (push_service.requests, push_service.connections_opened) == (1, 1)
+    assert [(message.name, message.payload["title"]) for message in push_service.messages] == [("victim", "Victim's")]
+    assert rows(app, push_delivery) == []
+    assert send_due(app, at(hours=1)) == Counter()
+    assert push_service.requests == 1
+
+
+def test_keys_a_message_cannot_be_encrypted_for_are_that_pushs_outcome(client, app, new_session, push_service):
+    mallory, victim = (new_session(f"{name}@example.com") for name in ("mallory", "victim"))
+    client.post(
+        "/api/notifications/subscribe",
+        headers={"Authorization": f"Bearer {victim}"},
+        json=push_service.subscription("victim"),
+    )
+    broken = {**push_service.subscription("mallory"), "p256dh": "BAAA", "auth": ""}
+    store_subscription(app, user_id_of(app, mallory), broken)
+    create(client, {"Authorization": f"Bearer {mallory}"}, remind_at=iso(NOW))
+    create(client, {"Authorization": f"Bearer {victim}"}, remind_at=iso(NOW))
+    assert send_due(app) == Counter(delivered=1, rejected=1)
+    assert [message.name for message in push_service.messages] == ["victim"]
+    assert send_due(app, at(hours=1)) == Counter()
+    assert push_service.requests == 1
+
+
+@pytest.fixture
+def misbehaving():
+    services = []
+
+    def start(behaviour, interval=5.0):
+        services.append(MisbehavingService(behaviour, interval))
+        return services[-1]
+
+    yield start
+    for service in services:
+        service.stop()
+
+
+def subscribe_at(client, headers, push_service, endpoint):
+    """A subscription with keys of the push service's making, at another endpoint."""
+    body = {**push_service.subscription("elsewhere"), "endpoint": endpoint}
+    response = client.post("/api/notifications/subscribe", headers=headers, json=body)
+    assert response.status_code == 200, response.get_json()
+
+
+def test_a_push_service_trickling_its_answers_body_holds_up_nobody(
+    client, auth, other_auth, app, subscribe, push_service, misbehaving
+):
+    """201 with `Content-Length: 1000000`, then a byte every 5 s: the push is delivered on its headers."""
+    trickling = misbehaving("trickle_body", interval=5.0)
+    subscribe_at(client, auth, push_service, trickling.endpoint("slow"))
+    subscribe(other_auth, "victim")
+    create(client, auth, title="Alice's", remind_at=iso(NOW))
+    create(client, other_auth, title="Victim's", remind_at=iso(NOW))
+    assert send_due(app) == Counter(delivered=2)
+    assert (trickling.requests, push_service.requests) == (1, 1)
+    assert [message.name for message in push_service.messages] == ["victim"]
+    assert send_due(app, at(hours=1)) == Counter()
+    assert (trickling.requests, push_service.requests) == (1, 1)
+
+
+@pytest.mark.parametrize("behaviour", ["trickle_headers", "hang"])
+def test_a_push_service_that_does_not_answer_by_the_deadline_is_retried_and_holds_up_nobody(
+    client, auth, other_auth, app, subscribe, push_service, misbehaving, caplog, behaviour
+):
+    """Headers dripping in faster than any one read's timeout, or no answer at all: the push's whole deadline
+    (PUSH_TIMEOUT_SECONDS, 2 s here) ends it."""
+    slow = misbehaving(behaviour, interval=0.2)
+    subscribe_at(client, auth, push_service, slow.endpoint("slow"))
+    subscribe(other_auth, "victim")
+    task_id = create(client, auth, title="Alice's", remind_at=iso(NOW))
+    create(client, other_auth, title="Victim's", remind_at=iso(NOW))
+    assert send_due(app) == Counter(delivered=1, retry=1)
+    assert f"push outcomes other than delivered: TimeoutError x1; tasks {task_id}" in caplog.text
+    assert [message.name for message in push_service.messages] == ["victim"]
+    [waiting] = rows(app, push_delivery)
+    assert (waiting.task_id, waiting.attempts, waiting.next_attempt_at) == (task_id, 1, at(seconds=30))
+
+
+def test_each_outcome_is_recorded_as_soon_as_it_is_known(
+    client, auth, other_auth, make_app, subscribe, push_service, misbehaving
+):
+    """A push that hangs to its deadline does not keep the others' outcomes from being written down."""
+    app = make_app(**{**PUSH_CONFIG, "PUSH_TIMEOUT_SECONDS": 8})
+    silent = misbehaving("hang")
+    subscribe_at(client, auth, push_service, silent.endpoint("silent"))
+    subscribe(other_auth, "victim")
+    create(client, auth, title="Alice's", remind_at=iso(NOW))
+    victims = create(client, other_auth, title="Victim's", remind_at=iso(NOW))
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(counts=send_due(app)))
+    worker.start()
+    try:
+        wait_for(lambda: victims not in {row.task_id for row in rows(app, push_delivery)} and silent.requests == 1)
+        recorded_while_the_other_hung = worker.is_alive()
+    finally:
+        worker.join(30)
+    assert recorded_while_the_other_hung is True
+    assert result["counts"] == Counter(delivered=1, retry=1)
+
+
+def test_a_stopping_pass_cuts_a_hanging_push_and_gives_back_the_pushes_not_started(
+    client, auth, other_auth, make_app, subscribe, push_service, misbehaving
+):
+    app = make_app(**{**PUSH_CONFIG, "PUSH_TIMEOUT_SECONDS": 60, "REMINDER_PUSH_THREADS": 1})
+    silent = misbehaving("hang")
+    subscribe_at(client, auth, push_service, silent.endpoint("silent"))
+    subscribe(other_auth, "victim")
+    stuck = create(client, auth, title="Alice's", remind_at=iso(NOW))  # pushed first: its delivery's id is lower
+    victims = create(client, other_auth, title="Victim's", remind_at=iso(NOW))
+    stop, result = threading.Event(), {}
+    worker = Worker.from_app(app)
+    loop = threading.Thread(target=lambda: result.update(counts=worker.run_pass(stop, NOW)))
+    loop.start()
+    try:
+        wait_for(lambda: silent.requests == 1)
+        stop.set()
+        loop.join(30)
+    finally:
+        stop.set()
+        worker.close()
+    assert loop.is_alive() is False
+    assert result["counts"] == Counter(retry=1, deferred=1)
+    assert push_service.requests == 0
+    assert sorted((row.task_id, row.attempts, row.claim_token) for row in rows(app, push_delivery)) == [
+        (stuck, 1, None),
+        (victims, 0, None),
+    ]
+    assert send_due(app) == Counter(delivered=1)
+    assert [message.payload["task_id"] for message in push_service.messages] == [victims]
+
+
+def test_a_due_date_past_the_calendars_end_in_the_users_zone_is_shown_in_utc(
+    client, auth, other_auth, app, subscribe, push_service
+):
+    """A yearly task due 9998-12-31T23:59:59Z, completed: the next one is due 9999-12-31T23:59:59Z, which in
+    Pacific/Kiritimati (UTC+14) would be in the year 10000."""
+    subscribe(auth, "alice")
+    subscribe(other_auth, "victim")
+    first = create(
+        client,
+        auth,
+        title="Yearly",
+        due_date="9998-12-31T23:59:59Z",
+        remind_at="2000-01-01T00:00:00Z",
+        recurrence_pattern="yearly",
+    )
+    next_task = client.patch(f"/api/tasks/{first}/complete", headers=auth).get_json()["next_task"]
+    assert next_task["due_date"] == "9999-12-31T23:59:59+00:00"
+    assert client.put("/api/settings", headers=auth, json={"time_zone": "Pacific/Kiritimati"}).status_code == 200
+    create(client, other_auth, title="Victim's", remind_at=iso(NOW))
+    assert send_due(app) == Counter(delivered=2)
+    assert sorted((message.name, message.payload["body"]) for message in push_service.messages) == [
+        ("alice", "Due Fri 31 Dec 9999 23:59 UTC"),
+        ("victim", "Reminder"),
+    ]
+    assert send_due(app, at(hours=1)) == Counter()
+
+
+# -- Bounds on one user ------------------------------------------------------------------------
+
+
+def test_a_pass_opens_at_most_the_budget_of_connections_for_one_user(make_app, new_session, push_service):
+    app = make_app(**PUSH_CONFIG, REMINDER_PUSHES_PER_USER=4)
+    client = app.test_client()
+    alice, bob = ({"Authorization": f"Bearer {new_session(f'{name}@example.com')}"} for name in ("alice", "bob"))
+    for device in ("laptop", "phone", "tablet"):
+        client.post("/api/notifications/subscribe", headers=alice, json=push_service.subscription(f"alice-{device}"))
+    client.post("/api/notifications/subscribe", headers=bob, json=push_service.subscription("bob"))
+    alices = [create(client, alice, title=f"a{number}", remind_at=iso(at(minutes=-number))) for number in range(3)]
+    bobs = create(client, bob, title="b", remind_at=iso(NOW))
+    # A user's first reminder of a pass always goes, to all three subscriptions; a second would make 6 > 4.
+    assert send_due(app) == Counter(delivered=4)
+    assert (push_service.connections_opened, push_service.requests) == (4, 4)
+    assert send_due(app) == Counter(delivered=3)
+    assert send_due(app) == Counter(delivered=3)
+    assert send_due(app) == Counter()
+    pushed = Counter((message.name, message.payload["task_id"]) for message in push_service.messages)
+    expected = {(f"alice-{device}", task_id) for device in ("laptop", "phone", "tablet") for task_id in alices}
+    assert pushed == Counter(expected | {("bob", bobs)})
+    assert push_service.connections_opened == 10
+
+
+def test_retries_count_against_the_budget_too(make_app, new_session, push_service):
+    app = make_app(**PUSH_CONFIG, REMINDER_PUSHES_PER_USER=2)
+    client = app.test_client()
+    alice = {"Authorization": f"Bearer {new_session('alice@example.com')}"}
+    client.post("/api/notifications/subscribe", headers=alice, json=push_service.subscription("alice"))
+    push_service.answer("alice", (503, {}), (503, {}), (503, {}))
+    for number in range(3):
+        create(client, alice, title=f"a{number}", remind_at=iso(NOW))
+    assert send_due(app) == Counter(retry=2)
+    assert send_due(app, at(seconds=30)) == Counter(retry=1, delivered=1)
+    assert send_due(app, at(minutes=2)) == Counter(delivered=2)
+    assert push_service.requests == 6
+
+
+def test_subscriptions_past_the_cap_stored_before_it_are_not_pushed_to(make_app, new_session, push_service):
+    app = make_app(**PUSH_CONFIG, PUSH_SUBSCRIPTIONS_PER_USER=2)
+    client = app.test_client()
+    token = new_session("alice@example.com")
+    user_id = user_id_of(app, token)
+    for number in range(4):  # refreshed in this order: 0 first, 3 last
+        store_subscription(app, user_id, push_service.subscription(f"device{number}"))
+    create(client, {"Authorization": f"Bearer {token}"}, remind_at=iso(NOW))
+    assert send_due(app) == Counter(delivered=2)
+    assert sorted(message.name for message in push_service.messages) == ["device2", "device3"]
 
 
 # -- Several workers ---------------------------------------------------------------------------
@@ -555,12 +810,15 @@ def worker_environment(database_url, **extra):
     }
 
 
-def test_sigterm_finishes_the_batch_in_flight_and_exits_0(client, auth, app, subscribe, push_service, database_url):
+def test_sigterm_lets_the_push_in_flight_end_gives_back_the_rest_and_exits_0(
+    client, auth, app, subscribe, push_service, database_url
+):
     subscribe(auth, "alice")
+    task_ids = []
     for number in range(10):
         past = iso(datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=number + 1))
-        client.post("/api/tasks", headers=auth, json={"title": f"t{number}", "remind_at": past})
-    push_service.delay = 0.2
+        task_ids.append(create(client, auth, title=f"t{number}", remind_at=past))
+    push_service.delay = 1.0
     environment = worker_environment(
         database_url, REMINDER_BATCH_SIZE="5", REMINDER_PUSH_THREADS="1", REMINDER_POLL_SECONDS="60"
     )
@@ -576,16 +834,19 @@ def test_sigterm_finishes_the_batch_in_flight_and_exits_0(client, auth, app, sub
         deadline = time.monotonic() + 30
         while push_service.requests == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)  # while the first push waits for its answer
         _, stderr = process.communicate(timeout=30)
     finally:
         process.kill()
     assert process.returncode == 0, stderr
     assert "reminder worker stopped" in stderr
-    assert len(push_service.payloads()) == 5  # the batch in flight, and no other
-    assert rows(app, push_delivery) == []
+    assert len(push_service.payloads()) == 1  # the push in flight ended and was recorded; no other was started
+    given_back = rows(app, push_delivery)
+    assert [(row.attempts, row.claim_token) for row in given_back] == [(0, None)] * 4  # the rest of its batch
     sent = [task["reminder_sent"] for task in client.get("/api/tasks", headers=auth).get_json()["data"]]
     assert Counter(sent) == {True: 5, False: 5}
+    assert send_due(app, utcnow()) == Counter(delivered=9)
+    assert sorted(payload["task_id"] for payload in push_service.payloads()) == sorted(task_ids)
 
 
 def test_a_failed_pass_is_logged_by_type_and_the_loop_goes_on(make_app, caplog):

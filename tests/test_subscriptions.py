@@ -3,6 +3,8 @@
 import base64
 import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import pytest
@@ -10,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
+from support import user_id_of
 from todo_api.db.connections import get_engine
 from todo_api.db.tables import push_subscription
 
@@ -224,6 +227,231 @@ def test_http_and_local_endpoints_only_when_insecure_endpoints_are_allowed(make_
         )
     response = client.post("/api/notifications/subscribe", headers=headers, json=subscription("ws://127.0.0.1/x"))
     assert response.get_json()["errors"] == {"endpoint": ["Must be an http or https URL."]}
+
+
+# Hosts that are no public DNS name: every address form a resolver accepts (inet_aton's short, octal, hex and
+# decimal forms among them), private and link-local ranges, local names, and names DNS does not allow. Refused
+# with PUSH_ALLOW_INSECURE_ENDPOINTS too. (Nothing connects to them: subscribing only reads the URL.)
+NOT_PUBLIC_HOSTS = [
+    "127.1",
+    "0177.0.0.1",
+    "0x7f.1",
+    "0x7f.0x0.0x0.0x1",
+    "127.0.1",
+    "2130706433",
+    "0x7f000001",
+    "017700000001",
+    "%31%32%37.0.0.1",
+    "127.0.0.1.",
+    "127.000.000.001",
+    "169.254.43518",  # 169.254.169.254
+    "0xa9fea9fe",
+    "2852039166",
+    "169.254.169.254",
+    "10.0.0.1",
+    "10.1",
+    "012.0.0.1",
+    "172.16.0.1",
+    "172.31.255.255",
+    "192.168.0.1",
+    "192.168.1",
+    "100.64.0.1",
+    "0.0.0.0",
+    "0",
+    "255.255.255.255",
+    "224.0.0.1",
+    "[::ffff:127.0.0.1]",
+    "[::ffff:7f00:1]",
+    "[::ffff:169.254.169.254]",
+    "[::ffff:a9fe:a9fe]",
+    "[::ffff:10.0.0.1]",
+    "[0:0:0:0:0:ffff:7f00:1]",
+    "[::127.0.0.1]",
+    "[::]",
+    "[fc00::1]",
+    "[fd00:ec2::254]",
+    "[fe80::1]",
+    "[fe80::1%25eth0]",
+    "[fec0::1]",
+    "[ff02::1]",
+    "[2001:4860:4860::8888]",  # a public address, but an address: push services are reached by name
+    "[64:ff9b::a9fe:a9fe]",
+    "[2002:a9fe:a9fe::1]",
+    "push.localhost",
+    "metadata.google.internal",
+    "printer.local",
+    "router.home.arpa",
+    "1.0.0.127.in-addr.arpa",
+    "push.test",
+    "push.invalid",
+    "intranet",
+    "localhost.localdomain",
+]
+INVALID_NAMES = [
+    "a" * 64 + ".example.com",  # a label over 63 characters
+    ("a" * 62 + ".") * 4 + "com",  # 255 characters
+    "xn--zz.com",  # not valid IDNA
+    "ab--cd.com",
+    "-push.example.com",
+    "push-.example.com",
+    "push_service.example.com",
+    "push..example.com",
+    ".example.com",
+    "fcm.googleapis.com.",
+    "push.example.c0m",
+    "push.example.x",
+]
+VALID_NAME = (
+    "Must be the URL of a push service on a valid DNS name: labels of 1 to 63 letters, digits or hyphens, 253 "
+    "characters in all."
+)
+
+
+@pytest.fixture
+def insecure_client(make_app, new_session):
+    """A client of an app with PUSH_ALLOW_INSECURE_ENDPOINTS, and its headers."""
+    app = make_app(PUSH_ALLOW_INSECURE_ENDPOINTS=True)
+    with get_engine(app).begin() as connection:
+        from todo_api.cli import create_user_session
+
+        token = create_user_session(connection, app.config, "dev@example.com")
+    return app, app.test_client(), {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize("host", NOT_PUBLIC_HOSTS)
+@pytest.mark.parametrize("insecure", [False, True], ids=["https-only", "insecure-allowed"])
+def test_every_host_that_is_not_a_public_dns_name_is_422_naming_endpoint(
+    client, auth, app, insecure_client, host, insecure
+):
+    if insecure:
+        app, client, auth = insecure_client
+    for scheme in ("https", "http") if insecure else ("https",):
+        response = client.post(
+            "/api/notifications/subscribe", headers=auth, json=subscription(f"{scheme}://{host}:8443/push/x")
+        )
+        assert (response.status_code, response.get_json()) == (
+            422,
+            {"detail": "Validation failed", "errors": {"endpoint": [PUBLIC_HOST]}},
+        )
+    assert stored(app) == []
+
+
+@pytest.mark.parametrize("host", INVALID_NAMES)
+@pytest.mark.parametrize("insecure", [False, True], ids=["https-only", "insecure-allowed"])
+def test_a_host_that_is_no_valid_dns_name_is_422_naming_endpoint(client, auth, app, insecure_client, host, insecure):
+    if insecure:
+        app, client, auth = insecure_client
+    response = client.post("/api/notifications/subscribe", headers=auth, json=subscription(f"https://{host}/push/x"))
+    assert (response.status_code, response.get_json()) == (
+        422,
+        {"detail": "Validation failed", "errors": {"endpoint": [VALID_NAME]}},
+    )
+    assert stored(app) == []
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://fcm.googleapis.com/fcm/send/x",
+        "https://updates.push.services.mozilla.com/wpush/v2/x",
+        "https://web.push.apple.com/QGuQyavXutnMH8qd",
+        "https://wns2-par02p.notify.windows.com/w/?token=BQYAAAD",
+        "https://" + "a" * 63 + ".example.com/x",
+        "https://" + ("a" * 62 + ".") * 3 + "a" * 59 + ".com/x",  # 253 characters
+        "https://xn--bcher-kva.example.com/x",
+        "https://push.xn--p1ai/x",
+        "https://PUSH.Example.COM:443/x",
+    ],
+)
+def test_public_dns_names_are_accepted(client, auth, app, endpoint):
+    response = client.post("/api/notifications/subscribe", headers=auth, json=subscription(endpoint))
+    assert response.status_code == 200, response.get_json()
+    assert [row.endpoint for row in stored(app)] == [endpoint]
+
+
+def test_only_plainly_written_loopback_hosts_are_accepted_with_insecure_endpoints(insecure_client):
+    app, client, headers = insecure_client
+    accepted = ["http://127.0.0.1:8080/a", "http://127.8.9.10:8080/b", "http://[::1]:8080/c", "http://localhost/d"]
+    for endpoint in accepted:
+        response = client.post("/api/notifications/subscribe", headers=headers, json=subscription(endpoint))
+        assert response.status_code == 200, response.get_json()
+    assert [row.endpoint for row in stored(app)] == accepted
+
+
+# -- The cap on a user's subscriptions --------------------------------------------------
+
+
+def endpoint_number(number):
+    return f"https://fcm.googleapis.com/fcm/send/device-{number}"
+
+
+def test_past_the_cap_the_least_recently_refreshed_subscription_is_dropped(make_app, new_session):
+    app = make_app(PUSH_SUBSCRIPTIONS_PER_USER=3)
+    client = app.test_client()
+    alice = {"Authorization": f"Bearer {new_session('alice@example.com')}"}
+    bob = {"Authorization": f"Bearer {new_session('bob@example.com')}"}
+    client.post("/api/notifications/subscribe", headers=bob, json=subscription(endpoint_number("bob")))
+    for number in (1, 2, 3, 1):  # device 1 visits again: now device 2 is the least recently refreshed
+        response = client.post(
+            "/api/notifications/subscribe", headers=alice, json=subscription(endpoint_number(number))
+        )
+        assert response.status_code == 200
+    assert sorted(row.endpoint for row in stored(app)) == sorted(endpoint_number(n) for n in ("bob", 1, 2, 3))
+    response = client.post("/api/notifications/subscribe", headers=alice, json=subscription(endpoint_number(4)))
+    assert (response.status_code, response.get_json()["data"]["endpoint"]) == (200, endpoint_number(4))
+    assert sorted(row.endpoint for row in stored(app)) == sorted(endpoint_number(n) for n in ("bob", 1, 3, 4))
+
+
+def test_the_same_endpoint_subscribed_on_every_visit_keeps_one_row_and_drops_nothing(make_app, new_session):
+    app = make_app(PUSH_SUBSCRIPTIONS_PER_USER=2)
+    client = app.test_client()
+    alice = {"Authorization": f"Bearer {new_session('alice@example.com')}"}
+    client.post("/api/notifications/subscribe", headers=alice, json=subscription(endpoint_number("phone")))
+    ids = set()
+    for _ in range(20):
+        response = client.post("/api/notifications/subscribe", headers=alice, json=subscription(endpoint_number(1)))
+        assert response.status_code == 200
+        ids.add(response.get_json()["data"]["id"])
+    assert len(ids) == 1
+    assert sorted(row.endpoint for row in stored(app)) == sorted([endpoint_number("phone"), endpoint_number(1)])
+
+
+def test_the_default_cap_is_10(client, auth, app):
+    for number in range(11):
+        assert client.post("/api/notifications/subscribe", headers=auth, json=subscription(endpoint_number(number)))
+    assert [row.endpoint for row in stored(app)] == [endpoint_number(number) for number in range(1, 11)]
+
+
+def test_an_endpoint_taken_from_another_user_counts_against_the_callers_cap(make_app, new_session):
+    app = make_app(PUSH_SUBSCRIPTIONS_PER_USER=2)
+    client = app.test_client()
+    alice = {"Authorization": f"Bearer {new_session('alice@example.com')}"}
+    bob = {"Authorization": f"Bearer {new_session('bob@example.com')}"}
+    client.post("/api/notifications/subscribe", headers=bob, json=subscription(endpoint_number("shared")))
+    client.post("/api/notifications/subscribe", headers=alice, json=subscription(endpoint_number(1)))
+    client.post("/api/notifications/subscribe", headers=alice, json=subscription(endpoint_number(2)))
+    client.post("/api/notifications/subscribe", headers=alice, json=subscription(endpoint_number("shared")))
+    alices = user_id_of(app, alice["Authorization"].split()[1])
+    assert sorted((row.user_id == alices, row.endpoint) for row in stored(app)) == [
+        (True, endpoint_number(2)),
+        (True, endpoint_number("shared")),
+    ]
+
+
+def test_concurrent_subscriptions_of_one_user_keep_to_the_cap(make_app, new_session):
+    app = make_app(PUSH_SUBSCRIPTIONS_PER_USER=3)
+    headers = {"Authorization": f"Bearer {new_session('alice@example.com')}"}
+    barrier = threading.Barrier(12, timeout=30)
+
+    def send(number):
+        client = app.test_client()
+        barrier.wait()
+        return client.post("/api/notifications/subscribe", headers=headers, json=subscription(endpoint_number(number)))
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        responses = list(pool.map(send, range(12)))
+    assert [response.status_code for response in responses] == [200] * 12
+    assert len(stored(app)) == 3
 
 
 @pytest.mark.parametrize(

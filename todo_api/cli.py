@@ -213,7 +213,8 @@ def reminder_worker(app):
 
 @reminders_command.command("run")
 def reminders_run_command():
-    """Push due reminders every REMINDER_POLL_SECONDS until SIGTERM or SIGINT (then finish the batch, exit 0)."""
+    """Push due reminders every REMINDER_POLL_SECONDS until SIGTERM or SIGINT (then let the pushes in flight end,
+    within a few seconds, give back the batch's others, and exit 0)."""
     from todo_api.reminders.worker import run_forever
 
     app = current_app._get_current_object()

@@ -29,6 +29,15 @@ DEFAULT_CONCURRENT_PER_USER = 3
 # The docs page is 1.7 MB of Swagger UI and a handful of files per view; its files are cached a day.
 DEFAULT_RATELIMIT_DOCS = "60 per minute"
 MAX_REMINDER_LEAD_MINUTES = 30 * 24 * 60
+# A push's whole deadline (resolve, connect, TLS, send, answer). At most a minute: a batch stops starting pushes
+# 2.5 minutes into its 5-minute lease, so every push of it has ended before the lease does.
+MAX_PUSH_TIMEOUT_SECONDS = 60
+# A person's browsers and devices, with room for some that went away without unsubscribing; past it, subscribing
+# another drops the least recently refreshed.
+DEFAULT_SUBSCRIPTIONS_PER_USER = 10
+# Pushes (connections to push services) for one user in one pass of the reminder worker; a user's first
+# reminder of a pass always goes, further ones wait for the next pass past it.
+DEFAULT_PUSHES_PER_USER = 50
 
 
 def env_str(name, default=None):
@@ -159,6 +168,10 @@ def from_environment():
         "REMINDER_LEAD_MINUTES": env_int("REMINDER_LEAD_MINUTES", 60, maximum=MAX_REMINDER_LEAD_MINUTES),
         "REMINDER_BATCH_SIZE": env_int("REMINDER_BATCH_SIZE", 100, minimum=1),
         "REMINDER_PUSH_THREADS": env_int("REMINDER_PUSH_THREADS", 8, minimum=1),
-        "PUSH_TIMEOUT_SECONDS": env_int("PUSH_TIMEOUT_SECONDS", 10, minimum=1),
+        "REMINDER_PUSHES_PER_USER": env_int("REMINDER_PUSHES_PER_USER", DEFAULT_PUSHES_PER_USER, minimum=1),
+        "PUSH_TIMEOUT_SECONDS": env_int("PUSH_TIMEOUT_SECONDS", 10, minimum=1, maximum=MAX_PUSH_TIMEOUT_SECONDS),
+        "PUSH_SUBSCRIPTIONS_PER_USER": env_int(
+            "PUSH_SUBSCRIPTIONS_PER_USER", DEFAULT_SUBSCRIPTIONS_PER_USER, minimum=1
+        ),
         "PUSH_ALLOW_INSECURE_ENDPOINTS": env_bool("PUSH_ALLOW_INSECURE_ENDPOINTS", False),
     }

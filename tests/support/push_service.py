@@ -8,6 +8,9 @@ the subscription's private key and auth secret, made here by `subscription()`.
 A request that passes is recorded (the decrypted JSON payload, per endpoint)
 and answered 201, or with whatever the test scripted for that endpoint; one
 that fails is recorded in `failures` and answered 400.
+
+`MisbehavingService` is a push service that answers badly (slowly, in drips,
+or never), counting the connections it is given.
 """
 
 import base64
@@ -27,6 +30,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 MAX_TOKEN_LIFETIME = 24 * 60 * 60
+LOOPBACK_NAMES = (None, "localhost", "127.0.0.1", "::1")
+
+
+def refuse_lookups_beyond_loopback(monkeypatch):
+    """Make any look-up of a name other than `localhost` (or a loopback address) fail, for the rest of the test:
+    no test asks a DNS server anything, whatever the code under test does."""
+    real = socket.getaddrinfo
+
+    def loopback_only(host, *args, **kwargs):
+        if host not in LOOPBACK_NAMES:
+            raise AssertionError("a test looked up a name beyond this machine")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
 
 
 def b64url_decode(text):
@@ -46,20 +63,27 @@ class Message:
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # a connection per push, several at once: socketserver's 5 would drop some SYNs
 
     def handle_error(self, request, client_address):
         pass  # a client that gave up waiting (a timeout test) closed its end: nothing to report
 
 
 class PushService:
-    def __init__(self, vapid_public_key, port=0, verify=True):
+    """`host_name`: the name its endpoints carry (`localhost`, for the tests of a resolved name), which the VAPID
+    token's `aud` must name too; `tls`: a server-side SSLContext, to serve https."""
+
+    def __init__(self, vapid_public_key, port=0, verify=True, host_name="127.0.0.1", tls=None):
         self.vapid_public_key = vapid_public_key
         self.port = port
         self.verify = verify  # False: count requests only (for the benchmark's figure without this side's work)
+        self.host_name = host_name
+        self.tls = tls
         self.keys = {}  # endpoint name -> (private key, auth secret)
         self.messages = []
         self.failures = []
-        self.requests = 0
+        self.requests = 0  # requests received (counted on arrival, before any delay)
+        self.connections_opened = 0
         self.delay = 0.0
         self.scripts = defaultdict(deque)  # endpoint name -> [(status, headers), ...] to answer first
         self.lock = threading.Lock()
@@ -70,7 +94,7 @@ class PushService:
 
     @property
     def origin(self):
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host_name}:{self.port}"
 
     def subscription(self, name):
         """A new browser subscription at this service: {"endpoint", "p256dh", "auth"}, as the frontend sends it."""
@@ -103,6 +127,7 @@ class PushService:
                 super().setup()
                 with service.lock:
                     service.connections.add(self.connection)
+                    service.connections_opened += 1
 
             def finish(self):
                 with service.lock:
@@ -122,6 +147,8 @@ class PushService:
                 pass
 
         self.server = Server(("127.0.0.1", self.port), Handler)
+        if self.tls:
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         return self
@@ -140,11 +167,11 @@ class PushService:
     # -- Checking a push ---------------------------------------------------------------
 
     def handle(self, path, headers, body):
+        with self.lock:
+            self.requests += 1
         if self.delay:
             time.sleep(self.delay)
         name = path.rsplit("/", 1)[-1]
-        with self.lock:
-            self.requests += 1
         if not self.verify:
             return 201, {}
         try:
@@ -184,3 +211,95 @@ class PushService:
         private_key, auth = self.keys[name]
         plaintext = http_ece.decrypt(body, private_key=private_key, auth_secret=auth, version="aes128gcm")
         return json.loads(plaintext)
+
+
+class MisbehavingService:
+    """A push service on 127.0.0.1 that reads each request and then, as `behaviour` says:
+
+    - `trickle_body`: answers 201 with `Content-Length: 1000000`, then sends one byte of the body every
+      `interval` seconds;
+    - `trickle_headers`: sends the status line, then one byte of a header every `interval` seconds;
+    - `hang`: says nothing at all.
+
+    It counts the connections it is given and the requests it read, and notes each connection the client
+    closed."""
+
+    def __init__(self, behaviour, interval=5.0):
+        self.behaviour = behaviour
+        self.interval = interval
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.connections_opened = 0
+        self.requests = 0
+        self.closed_by_client = 0
+        self.stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def origin(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def endpoint(self, name):
+        return f"{self.origin}/push/{name}"
+
+    def _accept(self):
+        while not self.stopped.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections_opened += 1
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection):
+        with connection:
+            try:
+                self._read_request(connection)
+                with self.lock:
+                    self.requests += 1
+                if self.behaviour == "trickle_body":
+                    connection.sendall(b"HTTP/1.1 201 Created\r\nContent-Length: 1000000\r\n\r\n")
+                    self._drip(connection, b"x" * 1000000)
+                elif self.behaviour == "trickle_headers":
+                    connection.sendall(b"HTTP/1.1 201 Created\r\n")
+                    self._drip(connection, b"X-Slow: " + b"y" * 1000000)
+                else:
+                    self.stopped.wait()
+            except OSError:
+                with self.lock:
+                    self.closed_by_client += 1
+
+    def _drip(self, connection, data):
+        for index in range(len(data)):
+            if self.stopped.wait(self.interval):
+                return
+            connection.sendall(data[index : index + 1])
+
+    @staticmethod
+    def _read_request(connection):
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = connection.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("closed before the request was read")
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        while len(body) < length:
+            chunk = connection.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("closed before the body was read")
+            body += chunk
+
+    def stop(self):
+        self.stopped.set()
+        self.listener.close()

@@ -2,32 +2,29 @@
 
 The message is encrypted for the subscription's keys with RFC 8291's
 `aes128gcm` content encoding (pywebpush, on http_ece) and carries an RFC 8292
-VAPID `Authorization` header signed with the service's key (py_vapid). The request itself is
-made here, with requests: with a timeout, never following a redirect (an
-endpoint is a URL a user gave us), and reading no more than a short body.
-Nothing here logs or raises with an endpoint or a key in its text.
+VAPID `Authorization` header signed with the service's key (py_vapid). The
+request is `outbound.post`: to public addresses only, within a total deadline,
+following no redirect, reading no body. Nothing here logs or raises with an
+endpoint or a key in its text.
 """
 
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
-import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid, VapidException
 from pywebpush import WebPusher
 
-from todo_api.reminders.endpoints import b64url_encode
+from todo_api.reminders.endpoints import b64url_encode, endpoint_problem
+from todo_api.reminders.outbound import Deadline, InFlight, RefusedAddress, post, system_resolve
 
 # How long a push service keeps a message for a browser that is offline.
 TTL_SECONDS = 24 * 60 * 60
 MAX_RETRY_AFTER = 24 * 60 * 60
-# A push service answers with an empty or a short body; a longer one is not read, and its connection is dropped.
-MAX_RESPONSE_BODY = 64 * 1024
 # RFC 8292 allows a VAPID token to live up to 24 hours; one is signed per push
 # service origin and renewed when less than an hour is left.
 VAPID_TOKEN_LIFETIME = 12 * 60 * 60
@@ -102,9 +99,11 @@ class Outcome:
     """What became of one push.
 
     `kind`: `delivered` (the push service took it), `gone` (404/410: the
-    subscription is dead), `retry` (429, 5xx, no connection, a timeout:
-    try again later, after `retry_after` seconds if the service said),
-    `rejected` (any other answer: this message will never be taken).
+    subscription is dead), `retry` (429, 5xx, no connection, TLS, a timeout,
+    an answer that is no HTTP: try again later, after `retry_after` seconds if
+    the service said), `rejected` (any other answer, an endpoint that breaks
+    the rules, a host with no public address, keys or a message it cannot be
+    made with: this message will never be sent or taken).
     `status` is the HTTP status, or the error's type name without one.
     """
 
@@ -140,52 +139,31 @@ def retry_after_seconds(value, now=None):
     return min(max(delay, 0.0), MAX_RETRY_AFTER)
 
 
-class NoRedirects(requests.Session):
-    """A session that never follows a redirect, and reads no body unless asked."""
-
-    def request(self, method, url, **kwargs):
-        kwargs["allow_redirects"] = False
-        kwargs["stream"] = True
-        return super().request(method, url, **kwargs)
-
-
-def release(response):
-    """Let a response's connection be used again: read a small body to its end, or drop the connection."""
-    try:
-        size = 0
-        for chunk in response.iter_content(8192):
-            size += len(chunk)
-            if size > MAX_RESPONSE_BODY:
-                break
-    except requests.RequestException:
-        pass
-    finally:
-        response.close()
-
-
 class PushSender:
-    """Encrypts and sends messages; safe to use from several threads (one HTTP session per thread)."""
+    """Encrypts and sends messages, one connection per push (see `outbound`); safe to use from several threads.
 
-    def __init__(self, signer, timeout):
+    `allow_insecure` is PUSH_ALLOW_INSECURE_ENDPOINTS; `resolve` and `ssl_context` stand for the system's
+    resolver and trusted certificates (tests give their own)."""
+
+    def __init__(self, signer, timeout, allow_insecure=False, resolve=system_resolve, ssl_context=None):
         self.signer = signer
         self.timeout = timeout
-        self._local = threading.local()
-        self._sessions = []
-        self._sessions_lock = threading.Lock()
-
-    def _session(self):
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = NoRedirects()
-            with self._sessions_lock:
-                self._sessions.append(session)
-        return session
+        self.allow_insecure = allow_insecure
+        self.resolve = resolve
+        self.ssl_context = ssl_context
+        self.in_flight = InFlight()
 
     def send(self, endpoint, p256dh, auth, payload, topic=None):
-        """Push `payload` (bytes) to one subscription; returns an Outcome, never raises for the network."""
-        subscription = {"endpoint": endpoint, "keys": {"p256dh": p256dh, "auth": auth}}
-        parts = urlsplit(endpoint)
+        """Push `payload` (bytes) to one subscription; returns an Outcome, never raises.
+
+        An endpoint that is not one to push to (`endpoint_problem`; a subscription stored before a rule was
+        made), keys or an origin the message cannot be made with, and a host that leads to no public address
+        are `rejected`: this message can never be sent. Whatever goes wrong on the way is `retry`."""
+        if endpoint_problem(endpoint, self.allow_insecure):
+            return Outcome("rejected", "InvalidEndpoint")
         try:
+            parts = urlsplit(endpoint)
+            subscription = {"endpoint": endpoint, "keys": {"p256dh": p256dh, "auth": auth}}
             body = WebPusher(subscription).encode(payload, "aes128gcm")["body"]
             authorization = self.signer.authorization(f"{parts.scheme}://{parts.netloc}")
         except Exception as error:  # noqa: BLE001 - keys or an origin this message can never be sent with
@@ -200,16 +178,22 @@ class PushSender:
         if topic:
             headers["Topic"] = topic  # a push service replaces an undelivered message of the same topic
         try:
-            response = self._session().post(endpoint, data=body, headers=headers, timeout=self.timeout)
-        except requests.RequestException as error:
+            status, answer_headers = post(
+                endpoint,
+                body,
+                headers,
+                Deadline(self.timeout),
+                allow_loopback=self.allow_insecure,
+                resolve=self.resolve,
+                ssl_context=self.ssl_context,
+                in_flight=self.in_flight,
+            )
+        except RefusedAddress as error:
+            return Outcome("rejected", type(error).__name__)
+        except Exception as error:  # noqa: BLE001 - no connection, TLS, a timeout, a malformed answer: for later
             return Outcome("retry", type(error).__name__)
-        try:
-            return classify(response.status_code, response.headers)
-        finally:
-            release(response)
+        return classify(status, answer_headers)
 
-    def close(self):
-        with self._sessions_lock:
-            for session in self._sessions:
-                session.close()
-            self._sessions.clear()
+    def cut_in_flight(self):
+        """End the pushes waiting for an answer now (they come out `retry`); returns how many there were."""
+        return self.in_flight.cut()

@@ -4,15 +4,21 @@ One row per endpoint. Subscribing an endpoint again replaces its keys and
 gives it to the caller: a browser profile that another user signs in to
 pushes that user's reminders from then on. Each statement checks the
 caller's session (see `auth.sessions`).
+
+A user has at most PUSH_SUBSCRIPTIONS_PER_USER subscriptions. Subscribing
+refreshes the subscription's `updated_at` (the frontend subscribes again on
+every visit); one subscription more than that drops the user's least recently
+refreshed one: a browser still in use refreshes its own, one that went away
+without unsubscribing does not.
 """
 
 import functools
 
 from flask import Blueprint, current_app, g
-from sqlalchemy import DateTime, bindparam, delete, select
+from sqlalchemy import DateTime, bindparam, delete, func, select
 
 from todo_api.auth.sessions import Caller, NotAuthenticated, confirm_session, require_session
-from todo_api.db.connections import run_retrying_once
+from todo_api.db.connections import run_retrying_once, transaction
 from todo_api.db.tables import push_subscription
 from todo_api.db.upsert import DIALECT_INSERTS
 from todo_api.http.body import has_body, json_body
@@ -52,16 +58,34 @@ def _upsert(dialect: str, guard):
     )
 
 
-_UNSUBSCRIBE_ALL = delete(push_subscription).where(push_subscription.c.user_id == bindparam("owner_id"))
+_OF_USER = push_subscription.c.user_id == bindparam("owner_id")
+# One user's subscribe requests take turns, so that together they keep to the cap: on Postgres with a lock
+# on the user id that ends with the transaction (so it holds through a transaction pooler too), on SQLite
+# under the write lock every transaction takes.
+_TAKE_TURNS = select(func.pg_advisory_xact_lock(func.hashtextextended(bindparam("owner_id"), 0)))
+_OTHERS = push_subscription.c.id != bindparam("kept")
+_KEPT_BESIDE = (
+    select(push_subscription.c.id)
+    .where(_OF_USER, _OTHERS)
+    .order_by(push_subscription.c.updated_at.desc(), push_subscription.c.id.desc())
+    .limit(bindparam("others"))
+)
+_EVICT = delete(push_subscription).where(_OF_USER, _OTHERS, push_subscription.c.id.not_in(_KEPT_BESIDE))
+_UNSUBSCRIBE_ALL = delete(push_subscription).where(_OF_USER)
 _UNSUBSCRIBE = _UNSUBSCRIBE_ALL.where(push_subscription.c.endpoint == bindparam("endpoint"))
 
 
-def subscribe(db, caller: Caller, subscription):
-    """Store a subscription for the caller, in one statement; returns its row (without keys)."""
+def subscribe(db, caller: Caller, subscription, cap: int):
+    """Store a subscription for the caller, and drop their least recently refreshed others past `cap`, in one
+    transaction; returns its row (without keys)."""
     statement = _upsert(db.dialect.name, caller.guard)
-    row = db.execute(statement, {**caller.params, "now": utcnow(), **subscription}).first()
-    if row is None:
-        raise NotAuthenticated()
+    with transaction(db):
+        if db.dialect.name == "postgresql":
+            db.execute(_TAKE_TURNS, {"owner_id": caller.user_id}).all()
+        row = db.execute(statement, {**caller.params, "now": utcnow(), **subscription}).first()
+        if row is None:
+            raise NotAuthenticated()
+        db.execute(_EVICT, {"owner_id": caller.user_id, "kept": row.id, "others": cap - 1})
     return row
 
 
@@ -77,17 +101,19 @@ def unsubscribe(db, caller: Caller, endpoint=None):
 @operation(
     "Store a Web Push subscription",
     description="The browser's `PushSubscription`: its endpoint and keys. One row per endpoint: subscribing an "
-    "endpoint again replaces its keys and gives it to the caller. Reminders are pushed to every subscription of "
-    "their user.",
+    "endpoint again replaces its keys, refreshes it and gives it to the caller. Reminders are pushed to every "
+    "subscription of their user. A user has at most PUSH_SUBSCRIPTIONS_PER_USER (10) subscriptions: one more "
+    "drops the least recently refreshed. The endpoint must be an https URL on a public DNS name.",
     # The https-only form: what production accepts.
     body=request_body(subscription_schemas[False], "The subscription; unknown fields are ignored."),
     response=response("The stored subscription, without its keys.", SubscriptionEnvelopeSchema),
     tag="notifications",
 )
 def subscribe_view():
-    schema = subscription_schemas[current_app.config["PUSH_ALLOW_INSECURE_ENDPOINTS"]]
-    subscription, caller = json_body(schema), g.caller
-    row = run_retrying_once(lambda db: subscribe(db, caller, subscription), writes=True)
+    config = current_app.config
+    subscription, caller = json_body(subscription_schemas[config["PUSH_ALLOW_INSECURE_ENDPOINTS"]]), g.caller
+    cap = config["PUSH_SUBSCRIPTIONS_PER_USER"]
+    row = run_retrying_once(lambda db: subscribe(db, caller, subscription, cap), writes=True)
     return {"data": dict(row._mapping)}
 
 

@@ -447,7 +447,8 @@ def _subscription_schema(allow_insecure):
             required=True,
             validate=validate.Length(min=1, max=webpush.MAX_ENDPOINT_LENGTH),
             metadata={
-                "description": "The push service's URL for this browser: https, on a DNS name.",
+                "description": "The push service's URL for this browser: https, on a public DNS name (no IP "
+                "address, local name or name DNS does not allow).",
                 "example": SUBSCRIPTION_EXAMPLE["endpoint"],
             },
         )

@@ -17,6 +17,7 @@ connection (`execute_retrying_once`). Schema changes are `migrate`'s.
 import functools
 import os
 import select
+import sys
 import threading
 import weakref
 from collections import namedtuple
@@ -298,10 +299,16 @@ class ThreadConnections:
     others, and of work done outside requests (a readiness ping). One that failed is given back
     (`release`); so is a thread's when the thread ends, and every one when the
     engine is disposed.
+
+    Under gunicorn's gevent worker each client connection is served by a
+    greenlet of its own, and `threading.local` is per greenlet: a connection
+    kept there would sit idle while its client thinks, so each request gives
+    its connection back at its end instead (`keep_between_requests`).
     """
 
     def __init__(self, engine: Engine):
         self.engine, self.local, self.holders = engine, threading.local(), weakref.WeakSet()
+        self.keep_between_requests = not threads_are_greenlets()
         event.listen(engine, "engine_disposed", lambda _engine: self.release_all())
 
     def get(self) -> Connection:
@@ -329,7 +336,7 @@ class ThreadConnections:
         if holder is None:
             return
         connection = holder.connection
-        if connection.invalidated or connection.closed or self.pool_is_short():
+        if not self.keep_between_requests or connection.invalidated or connection.closed or self.pool_is_short():
             self.release()
         elif in_transaction(connection.connection.dbapi_connection):
             try:
@@ -342,6 +349,13 @@ class ThreadConnections:
         pool = self.engine.pool
         checked_out = getattr(pool, "checkedout", None)
         return checked_out is not None and checked_out() >= pool.size()
+
+
+def threads_are_greenlets() -> bool:
+    """Whether gevent has patched the standard library's threading (gunicorn's gevent worker does, before it
+    loads the app)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
 
 
 class Holder:

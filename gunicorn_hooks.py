@@ -81,8 +81,8 @@ class Logger(glogging.Logger):
     """gunicorn's logger: the access line of `access_line`, and its error log through `RedactRequestText`.
 
     gunicorn's own access log builds some twenty fields for every line (every request and response header among
-    them) and hands it to `logging`, which makes a record of it; this one writes the line directly to a stream
-    or file handler (see docs/architecture.md for the figures)."""
+    them) and hands it to `logging`, which makes a record of it: about 84 µs a line with the same format, against
+    7 µs for this one, which writes the line directly to a stream or file handler."""
 
     def setup(self, cfg):
         super().setup(cfg)

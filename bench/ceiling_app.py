@@ -10,7 +10,7 @@ this worker has not seen yet, followed by it when the work finds nothing
 no rate limits, no ETags, no SQLAlchemy: psycopg2 directly, one connection per
 thread, in autocommit mode with the time zone set to UTC (as todo-api's), and
 orjson for the bodies. Served by gunicorn with the service's own
-gunicorn.conf.py (same worker class, workers and threads), so the difference
+gunicorn.conf.py (same worker class and workers), so the difference
 between the two is the service's code alone.
 
     DATABASE_URL=postgresql://... gunicorn --config gunicorn.conf.py 'bench.ceiling_app:create_app()'

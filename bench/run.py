@@ -10,7 +10,7 @@ One command:
 Three servers on the same machine, loaded in turn:
 
     todo-api   gunicorn --config gunicorn.conf.py wsgi:app, as the Procfile runs it (access log off;
-               WEB_CONCURRENCY and GUNICORN_THREADS pass through; the rate limits are raised so that
+               WEB_CONCURRENCY and GUNICORN_WORKER_CONNECTIONS pass through; the rate limits are raised so that
                the load, all from one address, is counted but never refused)
     reference  the FastAPI backend todo-api replaces, started by ../shared/reference/run/run-reference.sh
                (uvicorn[standard], as many workers as todo-api, SQL echo off) when that script exists,
@@ -363,7 +363,7 @@ def rate_limit_description(env):
 
 
 def gunicorn_settings(env):
-    """Workers, threads and worker class as gunicorn.conf.py computes them from this environment."""
+    """Workers, connections per worker and worker class as gunicorn.conf.py computes them from this environment."""
     saved = dict(os.environ)
     os.environ.update(env)
     try:
@@ -371,7 +371,7 @@ def gunicorn_settings(env):
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    return conf["workers"], conf["threads"], conf.get("worker_class", "sync")
+    return conf["workers"], conf["worker_connections"], conf["worker_class"]
 
 
 def start_gunicorn(env, log, target):
@@ -912,7 +912,7 @@ def run_all(wrk, servers, args):
 def bench(args, wrk, pgbench, work, cleanup):
     """Run the benchmark and print its report; returns the number of failed requests and transactions."""
     users, prefix = make_users(args.users)
-    servers, env, (workers, threads, worker_class), reference = start_servers(args, work, cleanup, users, prefix)
+    servers, env, (workers, connections, worker_class), reference = start_servers(args, work, cleanup, users, prefix)
     started = time.monotonic()
     bodies = task_bodies(users, args.tasks_per_user)
     for server in servers:
@@ -944,7 +944,7 @@ def bench(args, wrk, pgbench, work, cleanup):
         + (f"the median of {args.repeats} interleaved runs" if args.repeats > 1 else "one run")
     )
     print(
-        f"- todo-api: gunicorn {workers} workers x {threads} threads ({worker_class}); rate limits "
+        f"- todo-api: gunicorn {workers} workers x {connections} connections ({worker_class}); rate limits "
         f"{rate_limit_description(env)}"
     )
     print(f"- {reference}")

@@ -4,6 +4,7 @@ host that never answers, the private cluster's server log, and the check that no
 The drills' fixtures (a private Postgres cluster per module, SQL and real sessions on it) are in conftest.py.
 """
 
+import contextlib
 import http.client
 import json
 import os
@@ -85,7 +86,7 @@ class Service:
     """The service under gunicorn, started as the Procfile starts it, output captured; `env` over the defaults
     below (a drill's own deadlines, workers or limits)."""
 
-    def __init__(self, database_url, log_path, env=None):
+    def __init__(self, database_url, log_path, env=None, ready_path="/health/ready"):
         self.port = free_port()
         self.log_path = log_path
         env = {
@@ -93,7 +94,6 @@ class Service:
             "PORT": str(self.port),
             "DATABASE_URL": database_url,
             "WEB_CONCURRENCY": "2",
-            "GUNICORN_THREADS": "4",
             "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT),
             "GUNICORN_ACCESS_LOG": "true",
             "LOG_LEVEL": "INFO",
@@ -113,15 +113,15 @@ class Service:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._wait_until_ready()
+        self._wait_until_ready(ready_path)
 
-    def _wait_until_ready(self, timeout=30):
+    def _wait_until_ready(self, ready_path, timeout=30):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"gunicorn exited:\n{self.output()}"
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                connection.request("GET", "/health/ready")
+                connection.request("GET", ready_path)
                 if connection.getresponse().status == 200:
                     connection.close()
                     return
@@ -133,6 +133,24 @@ class Service:
     def output(self):
         with open(self.log_path, errors="replace") as log:
             return log.read()
+
+    def worker_pids(self):
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                        pids.append(int(entry))
+        return pids
+
+    def workers_cpu_seconds(self):
+        """CPU seconds (user and system) the worker processes have used so far."""
+        ticks = 0
+        for pid in self.worker_pids():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self):
         if self.process.poll() is None:

@@ -7,8 +7,13 @@ Postgres's own log either, directly and through PgBouncer.
 Each drill prints its figures (run pytest with -s to see them).
 """
 
+import contextlib
+import json
 import logging
+import re
+import socket
 import time
+import uuid
 
 import psycopg2
 import pytest
@@ -16,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import InternalServerError
 
-from drills.harness import ServerLog, assert_no_secrets, unique_title
+from drills.harness import ServerLog, Service, assert_no_secrets, unique_title
 from support import SECRET, base_config
 from support.pgbouncer import Pooler
 from support.pgbouncer import missing_requirement as pooler_missing
@@ -146,3 +151,79 @@ def test_a_session_lookup_cancelled_on_the_server_leaves_no_token_in_its_log(
         f"\n[drill: session lookup cancelled, {through}] 4 requests behind an ACCESS EXCLUSIVE lock: 503 x 4 in "
         f"{waited:.2f} s; server log: {cancelled} statement timeouts, digest only as a bytea literal, no token"
     )
+
+
+# -- Requests gunicorn cannot parse --------------------------------------------
+
+# Malformed requests, each carrying a secret of its own (a token or a search word) where a careless log would
+# quote it; `{secret}` is replaced by it, `{token}` by a live session's token. Each with the answer it gets.
+MALFORMED = [
+    ("a header line without a colon", b"GET /api/tasks HTTP/1.1\r\nHost: x\r\nBearer {secret}\r\n\r\n", 400),
+    ("Expect: <token>", b"GET /api/tasks HTTP/1.1\r\nHost: x\r\nExpect: {secret}\r\n\r\n", 417),
+    ("a search word with a DEL", b"GET /api/tasks/search?keyword={secret}\x7f HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    (
+        "an over-long header",
+        b"GET /api/tasks HTTP/1.1\r\nAuthorization: Bearer {secret}" + b"x" * 9000 + b"\r\n\r\n",
+        431,
+    ),
+    ("a bad request line", b"GET /api/tasks?keyword={secret} HTTP/1.1 extra\r\nHost: x\r\n\r\n", 400),
+    ("a bad HTTP version", b"GET /api/tasks?keyword={secret} HTTP/9.9\r\nHost: x\r\n\r\n", 400),
+    ("a URI too long", b"GET /api/tasks/search?keyword={secret}" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", 414),
+    ("a bad method", b"{secret}! /api/tasks HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("a bad header name", b"GET /api/tasks HTTP/1.1\r\n{secret}(: x\r\n\r\n", 400),
+    ("a control character in a header", b"GET /api/tasks HTTP/1.1\r\nAuthorization: Bearer {secret}\x01\r\n\r\n", 400),
+    ("a folded header line", b"GET /api/tasks HTTP/1.1\r\nX-Note: a\r\n {secret}\r\n\r\n", 400),
+    ("an unknown transfer coding", b"POST /api/tasks HTTP/1.1\r\nTransfer-Encoding: {secret}\r\n\r\n", 501),
+    (
+        "a bad chunk size in a live session's body",
+        b"POST /api/tasks HTTP/1.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n{secret}\r\n",
+        400,
+    ),
+    (
+        "a bad chunk terminator in a live session's body",
+        b"POST /api/tasks HTTP/1.1\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\n{secret}\r\n0\r\n\r\n",
+        400,
+    ),
+]
+
+
+def exchange(port, message):
+    """Send `message` on a connection of its own; everything the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(message)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    return received
+
+
+@pytest.mark.postgres
+def test_requests_gunicorn_cannot_parse_leave_no_secret_in_its_log(cluster, session_on, tmp_path):
+    token = session_on()
+    service = Service(cluster.url, tmp_path / "gunicorn.log", env={"LOG_LEVEL": "DEBUG"})
+    secrets, answers = [], []
+    try:
+        for _, template, _ in MALFORMED:
+            secret = f"s{uuid.uuid4().hex}"  # not a hexadecimal number: not a chunk size
+            secrets.append(secret)
+            message = template.replace(b"{secret}", secret.encode()).replace(b"{token}", token.encode())
+            answers.append(exchange(service.port, message))
+        time.sleep(0.3)  # log lines are written after the answers
+    finally:
+        service.stop()
+    logged = service.output()
+    statuses = [int(answer.split(b" ", 2)[1]) for answer in answers]
+    assert statuses == [status for _, _, status in MALFORMED]
+    for answer in answers:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"\r\nContent-Type: application/json\r\n" in head, answer
+        assert set(json.loads(body)) == {"detail"}
+    for (case, _, _), secret in zip(MALFORMED, secrets, strict=True):
+        assert secret not in logged, f"{case}: the secret is in the log"
+    assert_no_secrets(logged, [token], [])
+    invalid = re.findall(r"Invalid request from ip=127\.0\.0\.1: (\w+)", logged)
+    print(f"\n[drill: {len(MALFORMED)} malformed requests] answers {statuses}; gunicorn logged {invalid}")
+    assert len(invalid) == 12

@@ -9,6 +9,8 @@ value a client sent.
 Each drill prints its figures (run pytest with -s to see them).
 """
 
+import http.client
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -135,6 +137,51 @@ def test_database_not_answering_is_503_within_the_connect_timeout(cluster, sessi
         f"\n[drill: database silent] {len(results)} routes: 503 x {len(results)} in {times[0]:.2f}-{times[-1]:.2f} s "
         f"(connect timeout {CONNECT_TIMEOUT} s)"
     )
+
+
+def get_timed(port, path, token):
+    """One GET on a connection of its own: (status, body, Retry-After, seconds)."""
+    started = time.monotonic()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        response = connection.getresponse()
+        return (
+            response.status,
+            json.loads(response.read()),
+            response.getheader("Retry-After"),
+            time.monotonic() - started,
+        )
+    finally:
+        connection.close()
+
+
+def test_database_not_answering_under_gunicorn_is_503_within_the_connect_timeout(session_on, tmp_path):
+    """Under the gevent worker psycopg2 connects through a wait callback, and libpq's connect_timeout applies only
+    to a blocking connect: gunicorn_hooks.wait_for_postgres applies it."""
+    token = session_on()
+    silent = SilentServer()
+    try:
+        service = Service(
+            f"postgresql://postgres@127.0.0.1:{silent.port}/postgres",
+            tmp_path / "gunicorn.log",
+            env={"DATABASE_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT)},
+            ready_path="/health",
+        )
+        try:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                answers = list(pool.map(lambda _: get_timed(service.port, "/api/tasks", token), range(8)))
+            health = get_timed(service.port, "/health", token)
+        finally:
+            service.stop()
+    finally:
+        silent.close()
+    slowest = max(seconds for *_, seconds in answers)
+    print(f"\n[drill: database silent, under gunicorn] 8 lists: 503 x 8, slowest {slowest:.2f} s")
+    assert [answer[:3] for answer in answers] == [(503, {"detail": "Service temporarily unavailable"}, "5")] * 8
+    assert slowest < CONNECT_TIMEOUT + MARGIN
+    assert health[:2] == (200, {"status": "healthy"})
+    assert_no_secrets(service.output(), [token], [])
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])

@@ -27,7 +27,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from todo_api.db.engine import build_engine, in_transaction
+from todo_api.db.engine import build_engine, in_transaction, threads_are_greenlets
 
 _EXTENSION = "todo_api.db"
 
@@ -74,10 +74,16 @@ class ThreadConnections:
     its connection back after each request, so one is always in reach of the
     others. One that failed is given back (`release`); so is a thread's when
     the thread ends, and every one when the engine is disposed.
+
+    Under gunicorn's gevent worker each client connection is served by a
+    greenlet of its own, and `threading.local` is per greenlet: a connection
+    kept there would sit idle while its client thinks, so each request gives
+    its connection back at its end instead (`keep_between_requests`).
     """
 
     def __init__(self, engine: Engine):
         self.engine, self.local, self.holders = engine, threading.local(), weakref.WeakSet()
+        self.keep_between_requests = not threads_are_greenlets()
         event.listen(engine, "engine_disposed", lambda _engine: self.release_all())
 
     def get(self) -> Connection:
@@ -105,7 +111,7 @@ class ThreadConnections:
         if holder is None:
             return
         connection = holder.connection
-        if connection.invalidated or connection.closed or self.pool_is_short():
+        if not self.keep_between_requests or connection.invalidated or connection.closed or self.pool_is_short():
             self.release()
         elif in_transaction(connection.connection.dbapi_connection):
             try:

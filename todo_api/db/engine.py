@@ -9,6 +9,7 @@ found by a request's own first statement (`connections.run_retrying_once`).
 """
 
 import os
+import sys
 
 import orjson
 import psycopg2.extensions
@@ -58,16 +59,21 @@ def _postgres_engine(url, config):
     therefore sent with every statement (`SET LOCAL`, which ends with the
     statement's own transaction) rather than set once per connection. Nothing
     else is kept in the session either: no prepared statements (psycopg2 sends
-    every statement as text), no temporary tables, no advisory locks.
+    every statement as text), no temporary tables, no session-level advisory locks.
     """
+    pool_size, max_overflow = config["DATABASE_POOL_SIZE"], config["DATABASE_MAX_OVERFLOW"]
+    if threads_are_greenlets():
+        # Greenlets are many: a connection opened past the pool's size would be closed at the end of its
+        # request and opened again for the next. The pool keeps every connection it may open instead.
+        pool_size, max_overflow = pool_size + max_overflow, 0
     engine = create_engine(
         url,
         isolation_level="AUTOCOMMIT",
         json_serializer=json_dumps,
         json_deserializer=orjson.loads,
         hide_parameters=True,  # an error's text never carries a token or a user's data into a log
-        pool_size=config["DATABASE_POOL_SIZE"],
-        max_overflow=config["DATABASE_MAX_OVERFLOW"],
+        pool_size=pool_size,
+        max_overflow=max_overflow,
         pool_timeout=config["DATABASE_POOL_TIMEOUT"],
         pool_pre_ping=config["DATABASE_POOL_PRE_PING"],
         # Autocommit connections hold no transaction to reset; one left open is rolled back at check-in
@@ -162,3 +168,10 @@ def in_transaction(dbapi_connection) -> bool:
 
 def json_dumps(value):
     return orjson.dumps(value).decode()
+
+
+def threads_are_greenlets() -> bool:
+    """Whether gevent has patched the standard library's threading (gunicorn's gevent worker does, before it
+    loads the app)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")

@@ -10,7 +10,9 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 # GUNICORN_MAX_CONNECTIONS_PER_ADDRESS connections per client address (read by the worker, see
 # gunicorn_worker.py); and a stopping worker serves the connections already waiting instead of resetting them.
 worker_class = "gunicorn_worker.BufferingThreadWorker"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# A request waiting for one of its user's places (RATELIMIT_CONCURRENT_PER_USER, 3) holds its thread: 8, so that
+# one user's requests running and waiting leave threads for everyone else.
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 # Open connections per worker, idle and slow ones included; past it the worker stops accepting for a moment.
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))
 # Under the platform router's 30 s, so a stuck request is ended by us, with a log line.

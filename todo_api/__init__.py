@@ -9,7 +9,7 @@ import click
 from dotenv import load_dotenv
 from flask import Flask
 
-from . import cli, config, cors, database, errors, ratelimit, state, web
+from . import bounds, cli, config, cors, database, errors, ratelimit, state, web
 from .auth import KnownSessions, session_guard, session_lookup
 from .json_provider import OrjsonProvider
 from .listing import Cursors
@@ -63,6 +63,7 @@ def register_extensions(app):
     database.init_app(app)
     cors.init_app(app)
     ratelimit.init_app(app)
+    bounds.init_app(app)
 
 
 def signing_secret(app):

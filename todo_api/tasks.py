@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, g, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
-from . import idempotency, listing, task_store
+from . import bounds, idempotency, listing, task_store
 from .apidoc import operation, request_body, response
 from .auth import authenticate, confirm_session
 from .conditional import etag, etag_of, if_match_versions, not_modified
@@ -57,6 +57,7 @@ def require_session():
         view = current_app.view_functions.get(current.endpoint)
         authenticate(deferred=getattr(view, "session_in_statement", False))
         limit_user()  # after authentication: the per-user limit is keyed by the user
+        bounds.take_user_place()
 
 
 def session_in_statement(view):
@@ -112,10 +113,12 @@ def list_page(query: ListQuery, user_id: str, session: task_store.SessionCheck |
     app = current_app._get_current_object()
     config, cursors = app.config, get_cursors(app)
     timeout = config["SEARCH_STATEMENT_TIMEOUT_MS"]
-    rows = on_live_connection(lambda db: listing.find_tasks(db, user_id, query, cursors, timeout, session))
-    if not rows and session is not None:
-        confirm_session()
-    body = listing.page_body(rows, query, cursors, task_output, config["RESPONSE_MAX_BYTES"])
+    with bounds.page_work(user_id) as work:
+        rows = on_live_connection(lambda db: listing.find_tasks(db, user_id, query, cursors, timeout, session))
+        if not rows and session is not None:
+            confirm_session()
+        work.fetched(rows)
+        body = listing.page_body(rows, query, cursors, task_output, config["RESPONSE_MAX_BYTES"])
     return Response(body, mimetype="application/json")
 
 

@@ -93,7 +93,6 @@ class Service:
             "PORT": str(self.port),
             "DATABASE_URL": database_url,
             "WEB_CONCURRENCY": "2",
-            "GUNICORN_THREADS": "4",
             "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT),
             "GUNICORN_ACCESS_LOG": "true",
             "LOG_LEVEL": "INFO",

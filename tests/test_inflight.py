@@ -134,6 +134,32 @@ def test_a_request_that_waits_too_long_for_a_place_is_429_and_changes_nothing(
     assert bounds.get_user_places(app).held == {}
 
 
+@pytest.mark.backends("postgres")
+def test_a_request_waiting_for_a_place_holds_no_database_connection(app, auth, client, create_task):
+    """filter-sort looks the session up (a connection) before it takes a place: waiting, it gives it back, so the
+    pool keeps connections for the requests holding places."""
+    create_task(title="only")
+    user_id = client.get("/api/tasks", headers=auth).get_json()["data"][0]["user_id"]
+    places, pool = bounds.get_user_places(app), get_engine(app).pool
+    for _ in range(LIMIT):
+        assert places.enter(user_id)
+    answered = []
+    waiting = threading.Thread(
+        target=lambda: answered.append(app.test_client().get("/api/tasks/filter-sort", headers=auth))
+    )
+    checked_out = pool.checkedout()
+    waiting.start()
+    try:
+        wait_until(lambda: waiting_for_places(app, user_id) == LIMIT + 1)
+        time.sleep(0.2)
+        assert pool.checkedout() == checked_out
+    finally:
+        for _ in range(LIMIT):
+            places.leave(user_id)
+        waiting.join()
+    assert [(response.status_code, len(response.get_json()["data"])) for response in answered] == [(200, 1)]
+
+
 def test_requests_that_fail_give_their_place_back(app, client, auth, create_task):
     task = create_task()
     failing = [
@@ -159,9 +185,12 @@ def test_unauthenticated_requests_take_no_place(app, client, auth):
 
 def test_places_are_given_in_turn_and_forgotten_when_none_is_held():
     places = bounds.UserPlaces(2, wait_seconds=0.2)
-    assert [places.enter("a"), places.enter("a"), places.enter("b")] == [True, True, True]
+    before_waiting = []
+    entered = [places.enter(user, lambda user=user: before_waiting.append(user)) for user in ("a", "a", "b")]
+    assert (entered, before_waiting) == ([True, True, True], [])
     started = time.monotonic()
-    assert places.enter("a") is False  # waited 0.2 s for a place that never came
+    assert places.enter("a", lambda: before_waiting.append("a")) is False  # waited 0.2 s for a place in vain
+    assert before_waiting == ["a"]
     assert time.monotonic() - started >= 0.2
     assert (places.held["a"].users, places.held["b"].users) == (2, 1)
     got = []

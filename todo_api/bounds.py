@@ -29,6 +29,8 @@ import time
 from flask import current_app, g
 from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
+from .state import get_thread_connections
+
 # A page whose rows come to this many bytes or more takes the heavy slot. The victim's list of 20 tasks in the cost
 # drill is about 10 KB; a page of 1,000 tasks of a few hundred bytes each is several hundred KB.
 HEAVY_PAGE_BYTES = 64 * 1024
@@ -75,13 +77,18 @@ class UserPlaces:
         self.lock = threading.Lock()
         self.held = {}  # user id -> Place, while any request of theirs holds or waits for one
 
-    def enter(self, user_id):
-        """Take one of `user_id`'s places, waiting for one if need be; False, holding nothing, if none came."""
+    def enter(self, user_id, before_waiting=None):
+        """Take one of `user_id`'s places, waiting for one if need be (calling `before_waiting()` first); False,
+        holding nothing, if none came."""
         with self.lock:
             place = self.held.get(user_id)
             if place is None:
                 place = self.held[user_id] = Place(self.places)
             place.users += 1
+        if place.semaphore.acquire(blocking=False):
+            return True
+        if before_waiting is not None:
+            before_waiting()
         if place.semaphore.acquire(timeout=self.wait_seconds):
             return True
         self.forget(user_id, place)
@@ -187,13 +194,18 @@ def get_heavy_work(app=None):
 
 
 def take_user_place():
-    """Take a place of the caller's (`g.user_id`), waiting for one; 429 if none came in time."""
+    """Take a place of the caller's (`g.user_id`), waiting for one; 429 if none came in time.
+
+    A request that has to wait gives its database connection back first (its
+    session lookup took one): waiting requests hold none, so the pool always
+    has connections for the requests holding places.
+    """
     places = current_app.extensions[USER_PLACES]
     request_globals = g._get_current_object()
     user_id = request_globals.get("user_id")
     if places is None or not user_id:
         return
-    if not places.enter(user_id):
+    if not places.enter(user_id, before_waiting=get_thread_connections().release):
         raise TooManyInProgress(places.places, places.wait_seconds)
     request_globals.user_place = user_id
 

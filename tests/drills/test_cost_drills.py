@@ -69,8 +69,11 @@ FILL_VICTIM = """
     SELECT "userId", 'victim task ' || g, false, 'medium', '["home"]', now() - g * interval '1 minute', now(), false
     FROM generate_series(1, 20) AS g, session WHERE token = :token
 """
-# The victim's slowest answer, at most. Measured on a 2-core machine with Postgres, gunicorn and the load on it:
-# max 70-180 ms (p95 50-100 ms) with these bounds in place; 7 s before them. Generous for a loaded CI machine.
+# The victim's slowest answer, at most. Measured on a 2-core machine with Postgres, gunicorn and the load on it,
+# with the bounds of todo_api/bounds.py (waiting places, the heavy slot) and 8 threads per worker: searching,
+# max 104-184 ms; large pages, max 221-253 ms (under gunicorn's gevent worker: 85 and 70 ms). Refusing past 3
+# requests in progress instead (before): searching, max 70-180 ms; large pages, max 521 ms. With no bound, 7 s.
+# Generous for a loaded CI machine.
 VICTIM_MAX_SECONDS = 0.5
 
 

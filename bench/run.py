@@ -340,8 +340,8 @@ def free_port():
 # RATELIMIT_* and REDIS_URL in the environment win, e.g. RATELIMIT_ENABLED=false to compare.
 BENCH_RATE_LIMIT = "1000000000 per minute"
 BENCH_SECRET = "bench-secret-0123456789abcdef"
-# Likewise the bound on one user's requests in progress: counted, never reached (wrk's connections walk the users in
-# turn, but `--users 1` sends every connection's requests for one user).
+# Likewise the places of one user's requests in progress: taken, never waited for (wrk's connections walk the users
+# in turn, but `--users 1` sends every connection's requests for one user).
 BENCH_CONCURRENT_PER_USER = "1000"
 
 
@@ -349,6 +349,7 @@ def service_environment(database_url, port):
     env = dict(os.environ)
     env.setdefault("RATELIMIT_PER_IP", BENCH_RATE_LIMIT)
     env.setdefault("RATELIMIT_PER_USER", BENCH_RATE_LIMIT)
+    env.setdefault("RATELIMIT_KIB_PER_USER", BENCH_RATE_LIMIT)
     env.setdefault("SECRET_KEY", BENCH_SECRET)  # production refuses to start without one
     env.setdefault("RATELIMIT_CONCURRENT_PER_USER", BENCH_CONCURRENT_PER_USER)
     env.update(PORT=str(port), DATABASE_URL=database_url, GUNICORN_ACCESS_LOG="false")

@@ -1,4 +1,5 @@
-"""Rate limits: per user on /api, per client address everywhere but /health, in memory or in Redis.
+"""Rate limits: per user on /api, per client address everywhere but /health, each user's budget of response
+bytes; counted by `limits`, in memory or in Redis.
 
 The Redis tests use the local server (REDIS_URL_FOR_TESTS, by default
 127.0.0.1:6379) under a key prefix of their own, deleted afterwards, and a
@@ -268,6 +269,7 @@ def test_settings_are_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("RATELIMIT_ENABLED", "false")
     monkeypatch.setenv("RATELIMIT_PER_USER", "10 per second")
     monkeypatch.setenv("RATELIMIT_PER_IP", "100/minute")
+    monkeypatch.setenv("RATELIMIT_KIB_PER_USER", "5000 per hour")
     monkeypatch.setenv("REDIS_URL", "redis://cache.example:6379/1")
     monkeypatch.setenv("TRUSTED_PROXY_HOPS", "2")
     config = from_environment()
@@ -275,9 +277,10 @@ def test_settings_are_read_from_the_environment(monkeypatch):
         config["RATELIMIT_ENABLED"],
         config["RATELIMIT_PER_USER"],
         config["RATELIMIT_PER_IP"],
+        config["RATELIMIT_KIB_PER_USER"],
         config["REDIS_URL"],
         config["TRUSTED_PROXY_HOPS"],
-    ) == (False, "10 per second", "100/minute", "redis://cache.example:6379/1", 2)
+    ) == (False, "10 per second", "100/minute", "5000 per hour", "redis://cache.example:6379/1", 2)
 
 
 def test_defaults(monkeypatch):
@@ -288,6 +291,7 @@ def test_defaults(monkeypatch):
         "RATELIMIT_DOCS",
         "RATELIMIT_HEADERS_ENABLED",
         "RATELIMIT_KEY_PREFIX",
+        "RATELIMIT_KIB_PER_USER",
         "REDIS_URL",
         "TRUSTED_PROXY_HOPS",
     ):
@@ -302,6 +306,7 @@ def test_defaults(monkeypatch):
             "RATELIMIT_DOCS",
             "RATELIMIT_HEADERS_ENABLED",
             "RATELIMIT_KEY_PREFIX",
+            "RATELIMIT_KIB_PER_USER",
             "REDIS_URL",
             "TRUSTED_PROXY_HOPS",
         )
@@ -312,13 +317,16 @@ def test_defaults(monkeypatch):
         "RATELIMIT_DOCS": "60 per minute",
         "RATELIMIT_HEADERS_ENABLED": True,
         "RATELIMIT_KEY_PREFIX": "todo-api",
+        "RATELIMIT_KIB_PER_USER": "131072 per minute",
         "REDIS_URL": None,
         "TRUSTED_PROXY_HOPS": 0,
     }
 
 
 @sqlite_only
-@pytest.mark.parametrize("setting", ["RATELIMIT_PER_USER", "RATELIMIT_PER_IP", "RATELIMIT_DOCS"])
+@pytest.mark.parametrize(
+    "setting", ["RATELIMIT_PER_USER", "RATELIMIT_PER_IP", "RATELIMIT_DOCS", "RATELIMIT_KIB_PER_USER"]
+)
 def test_a_malformed_limit_names_its_setting(limited, setting):
     with pytest.raises(RuntimeError, match=setting):
         limited(**{setting: "lots per fortnight"})
@@ -411,11 +419,11 @@ def test_redis_going_down_while_serving_does_not_break_requests(limited, auth, p
     assert statuses == [200, 200, 200, 429]
 
 
-# -- One count per request ---------------------------------------------------------
+# -- Counters in Redis ---------------------------------------------------------------
 
 
 def script_runs(url):
-    """How many times Redis ran the counting script (EVALSHA or EVAL), whatever the outcome."""
+    """How many times Redis ran a script (EVALSHA or EVAL: limits' counting), whatever the outcome."""
     stats = redis.Redis.from_url(url).info("commandstats")
     return sum(
         stats.get(f"cmdstat_{command}", {}).get(field, 0)
@@ -426,18 +434,22 @@ def script_runs(url):
 
 @sqlite_only
 @pytest.mark.redis
-def test_each_request_is_one_round_trip_to_redis_for_all_its_limits(limited, auth, private_redis):
+def test_each_limit_is_one_counter_in_redis_under_flask_limiters_keys(limited, auth, private_redis):
     url, _process = private_redis
     app = limited(REDIS_URL=url, RATELIMIT_PER_USER="100 per minute", RATELIMIT_PER_IP="200 per minute")
     client = app.test_client()
-    assert client.get("/").status_code == 200  # loads the script: EVALSHA refused, then EVAL
-    runs = script_runs(url)
     for path, headers in [("/api/tasks", auth), ("/api/tasks", auth), ("/", {}), ("/openapi.json", {}), ("/api/x", {})]:
         client.get(path, headers=headers)
-    assert script_runs(url) - runs == 5
     store = redis.Redis.from_url(url)
-    counts = {key.decode().split("/")[3]: int(store.get(key)) for key in store.scan_iter()}
-    assert counts == {"ip": 6, "user": 2, "docs": 1}
+    counts = {key.decode(): int(store.get(key)) for key in store.scan_iter()}
+    user = next(key for key in counts if "/user/" in key).split("/")[2]
+    assert counts == {
+        "LIMITS:LIMITER/todo-api/ip:127.0.0.1/ip/200/1/minute": 5,
+        f"LIMITS:LIMITER/todo-api/{user}/user/100/1/minute": 2,
+        "LIMITS:LIMITER/todo-api/ip:127.0.0.1/docs/60/1/minute": 1,
+    }
+    ttl = store.ttl("LIMITS:LIMITER/todo-api/ip:127.0.0.1/ip/200/1/minute")
+    assert 55 <= ttl <= 60
 
 
 @sqlite_only
@@ -480,15 +492,19 @@ def test_with_several_limits_in_a_setting_all_hold_and_the_headers_show_the_tigh
     assert 3500 < int(refused.headers["Retry-After"]) <= 3601
 
 
-def test_memory_counters_drop_windows_that_have_ended():
-    counters = ratelimit.MemoryCounters()
-    (window,) = ratelimit.Limit("RATELIMIT_PER_IP", "2 per second", "ip", "per client address").windows
-    assert counters.count(["a", "b"], [window, window], now=1000.0) == [(1, 1001.0), (1, 1001.0)]
-    assert counters.count(["a"], [window], now=1000.5) == [(2, 1001.0)]
-    assert counters.count(["a"], [window], now=1001.0) == [(1, 1002.0)]  # a new window
-    assert sorted(counters.windows) == ["a", "b"]
-    assert counters.count(["c"], [window], now=1000.0 + ratelimit.SWEEP_SECONDS) == [(1, 1011.0)]
-    assert sorted(counters.windows) == ["c"]
+def test_memory_windows_start_with_their_first_count_and_are_dropped_once_ended():
+    storage = ratelimit.MemoryWindows()
+    now = [1000.0]
+    storage.clock = lambda: now[0]
+    assert (storage.incr("a", 1), storage.incr("b", 1, amount=5)) == (1, 5)
+    now[0] = 1000.5
+    assert (storage.incr("a", 1), storage.get("a"), storage.get_expiry("a")) == (2, 2, 1001.0)
+    now[0] = 1001.0
+    assert (storage.get("a"), storage.incr("a", 1), storage.get_expiry("a")) == (0, 1, 1002.0)  # a new window
+    assert sorted(storage.windows) == ["a", "b"]
+    now[0] = 1000.0 + ratelimit.SWEEP_SECONDS
+    storage.incr("c", 1)
+    assert sorted(storage.windows) == ["c"]
 
 
 @pytest.mark.redis
@@ -497,21 +513,97 @@ def test_a_failing_redis_is_tried_again_after_1_2_4_up_to_32_seconds(private_red
     url, _process = private_redis
     store = redis.Redis.from_url(url)
     counters = ratelimit.Counters(url)
-    windows = ratelimit.Limit("RATELIMIT_PER_IP", "100 per hour", "ip", "per client address").windows
-    assert counters.count(["k"], windows, now=0.0)[0][0] == 1
-    store.config_set("maxmemory", 1)
-    tried = []
-    for now in [10, 10.5, 10.99, 11, 12.9, 13, 16.9, 17, 25, 41, 72.9, 73, 104.9, 105, 137]:
+    now = [0.0]
+    counters.clock = lambda: now[0]
+    (item,) = ratelimit.Limit("RATELIMIT_PER_IP", "100 per hour", "ip", "per client address").items
+    in_redis, in_memory = "LIMITS:" + item.key_for("k"), item.key_for("k")
+
+    def count_at(moment):
+        now[0] = moment
         runs = script_runs(url)
-        assert counters.count(["k"], windows, now=float(now))[0][1] == 3600.0 + 10  # counted in memory
-        if script_runs(url) > runs:
-            tried.append(now)
-    assert tried == [10, 11, 13, 17, 25, 41, 73, 105, 137]
-    store.config_set("maxmemory", 0)
-    assert counters.count(["k"], windows, now=150.0)[0][0] == 16  # not yet: memory
-    assert counters.count(["k"], windows, now=169.0)[0][0] == 2  # back in Redis, where it left off
+        assert counters.hit(item, "k") is True
+        return script_runs(url) > runs
+
+    assert count_at(0.0)
     store.config_set("maxmemory", 1)
-    assert counters.count(["k"], windows, now=200.0)[0][0] == 17
+    tried = [
+        moment
+        for moment in [10, 10.5, 10.99, 11, 12.9, 13, 16.9, 17, 25, 41, 72.9, 73, 104.9, 105, 137]
+        if count_at(moment)
+    ]
+    assert tried == [10, 11, 13, 17, 25, 41, 73, 105, 137]
+    assert counters.memory.storage.get(in_memory) == 15  # every count was made, in memory when Redis failed
     store.config_set("maxmemory", 0)
-    assert counters.count(["k"], windows, now=200.9)[0][0] == 18
-    assert counters.count(["k"], windows, now=201.0)[0][0] == 3  # after 1 s again
+    assert not count_at(150.0)  # not yet: memory
+    assert count_at(169.0)  # back in Redis, where it left off
+    assert (int(store.get(in_redis)), counters.memory.storage.get(in_memory)) == (2, 16)
+    store.config_set("maxmemory", 1)
+    assert count_at(200.0)  # failed: memory
+    store.config_set("maxmemory", 0)
+    assert not count_at(200.9)
+    assert count_at(201.0)  # after 1 s again
+    assert (int(store.get(in_redis)), counters.memory.storage.get(in_memory)) == (3, 18)
+
+
+# -- Each user's budget of response bytes ---------------------------------------------
+
+
+def create_large_tasks(client, headers, count=10, description_length=8000):
+    """`count` tasks whose list comes to `count` times `description_length` bytes and a little more."""
+    for index in range(count):
+        response = client.post(
+            "/api/tasks", headers=headers, json={"title": f"large {index}", "description": "d" * description_length}
+        )
+        assert response.status_code == 200
+
+
+@sqlite_only
+def test_a_users_responses_are_charged_to_their_budget_by_size_and_a_spent_budget_is_429(limited, auth, other_auth):
+    """Each list of 10 tasks of 8,000 characters is about 82 KiB: the third takes the user over 200 KiB."""
+    app = limited(RATELIMIT_KIB_PER_USER="200 per minute")
+    client = app.test_client()
+    create_large_tasks(client, auth)
+    create_large_tasks(client, other_auth)
+    task_id = client.get("/api/tasks", headers=auth, query_string={"limit": 1}).get_json()["data"][0]["id"]
+    for _ in range(50):  # responses under 64 KiB are not charged
+        assert client.get(f"/api/tasks/{task_id}", headers=auth).status_code == 200
+    lists = [client.get("/api/tasks", headers=auth) for _ in range(3)]
+    assert [(response.status_code, len(response.get_json()["data"])) for response in lists] == [(200, 10)] * 3
+    assert 80 * 1024 < len(lists[0].data) < 100 * 1024
+    for path in ("/api/tasks", f"/api/tasks/{task_id}", "/api/settings"):
+        refused = client.get(path, headers=auth)
+        assert refused.status_code == 429
+        assert refused.get_json() == {"detail": "Rate limit exceeded: 200 KiB of responses per 1 minute per user"}
+        assert (refused.headers["X-RateLimit-Limit"], refused.headers["X-RateLimit-Remaining"]) == ("200", "0")
+        assert 1 <= int(refused.headers["Retry-After"]) <= 61
+    # The budget is the user's: another user, on the same address, is served.
+    assert client.get("/api/tasks", headers=other_auth).status_code == 200
+    # A refused request changes nothing.
+    assert client.post("/api/tasks", headers=auth, json={"title": "refused"}).status_code == 429
+    assert client.get("/api/tasks", headers=other_auth).get_json()["data"][0]["title"] == "large 9"
+
+
+@sqlite_only
+@pytest.mark.redis
+def test_workers_on_one_redis_share_a_users_budget_and_each_refuses_once_it_sees_it_spent(limited, auth, redis_prefix):
+    settings = {
+        "REDIS_URL": REDIS_URL,
+        "RATELIMIT_KEY_PREFIX": redis_prefix,
+        "RATELIMIT_KIB_PER_USER": "200 per minute",
+    }
+    first, second = limited(**settings).test_client(), limited(**settings).test_client()
+    create_large_tasks(first, auth)
+    statuses = [client.get("/api/tasks", headers=auth).status_code for client in (first, second, first, first)]
+    assert statuses == [200, 200, 200, 429]  # the third list, from the first worker, spent it
+    # The second worker learns it from its own next charge: one more list, then refusals.
+    assert [second.get("/api/tasks", headers=auth).status_code for _ in range(2)] == [200, 429]
+    keys = [key for key in redis_keys(redis_prefix) if "/kib/" in key]
+    assert len(keys) == 1 and keys[0].endswith("/kib/200/1/minute")
+
+
+@sqlite_only
+def test_the_budget_holds_in_memory_when_redis_is_unreachable(limited, auth):
+    app = limited(REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0", RATELIMIT_KIB_PER_USER="100 per minute")
+    client = app.test_client()
+    create_large_tasks(client, auth)
+    assert [client.get("/api/tasks", headers=auth).status_code for _ in range(3)] == [200, 200, 429]

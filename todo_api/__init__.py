@@ -15,6 +15,7 @@ from todo_api.http import cors
 from todo_api.http import policy as web
 from todo_api.http.json import OrjsonProvider
 from todo_api.mode import Mode
+from todo_api.ratelimit import bounds
 from todo_api.ratelimit import limits as ratelimit
 from todo_api.tasks import changes, listing
 
@@ -84,6 +85,7 @@ def register_extensions(app, running):
     changes.init_app(app, secret)
     cors.init_app(app)
     ratelimit.init_app(app)
+    bounds.init_app(app)
 
 
 def signing_secret(app, running):

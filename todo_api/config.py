@@ -23,9 +23,14 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 # client would need to crowd others out of a ~2,000 req/s service.
 DEFAULT_RATELIMIT_PER_USER = "1800 per minute"
 DEFAULT_RATELIMIT_PER_IP = "6000 per minute"
-# Requests of one user in progress at once in one worker process: under GUNICORN_THREADS (4), so that one
-# user's slow requests never hold all of a worker's threads.
+# Requests of one user running at once in one worker process (more wait for a place): under the database pool's
+# connections, so that one user's requests never hold all of them.
 DEFAULT_CONCURRENT_PER_USER = 3
+# How long a request waits for one of its user's places, or for the worker's heavy slot, before it is refused.
+DEFAULT_WAIT_SECONDS = 5
+# KiB of /api response bodies per user: a user listing 1,000 tasks (about 1 MB) a hundred times a minute stays
+# under it; several users pulling 1 MB pages as fast as they can do not crowd out the others for long.
+DEFAULT_RATELIMIT_KIB_PER_USER = "131072 per minute"
 # The docs page is 1.7 MB of Swagger UI and a handful of files per view; its files are cached a day.
 DEFAULT_RATELIMIT_DOCS = "60 per minute"
 MAX_REMINDER_LEAD_MINUTES = 30 * 24 * 60
@@ -154,6 +159,8 @@ def from_environment():
         "RATELIMIT_PER_USER": env_str("RATELIMIT_PER_USER", DEFAULT_RATELIMIT_PER_USER),
         "RATELIMIT_PER_IP": env_str("RATELIMIT_PER_IP", DEFAULT_RATELIMIT_PER_IP),
         "RATELIMIT_CONCURRENT_PER_USER": env_int("RATELIMIT_CONCURRENT_PER_USER", DEFAULT_CONCURRENT_PER_USER),
+        "RATELIMIT_WAIT_SECONDS": env_int("RATELIMIT_WAIT_SECONDS", DEFAULT_WAIT_SECONDS, minimum=1),
+        "RATELIMIT_KIB_PER_USER": env_str("RATELIMIT_KIB_PER_USER", DEFAULT_RATELIMIT_KIB_PER_USER),
         "RATELIMIT_DOCS": env_str("RATELIMIT_DOCS", DEFAULT_RATELIMIT_DOCS),
         "RATELIMIT_HEADERS_ENABLED": env_bool("RATELIMIT_HEADERS_ENABLED", True),
         "RATELIMIT_KEY_PREFIX": env_str("RATELIMIT_KEY_PREFIX", "todo-api"),

@@ -35,11 +35,9 @@ def base_config(database_url, **overrides):
         "DATABASE_MIGRATION_URL": None,
         "BETTER_AUTH_SECRET": None,
         "CORS_ORIGINS": ["http://localhost:3000"],
-        # Rate limits stay on at their defaults, counted in memory: a developer's REDIS_URL is never used.
+        # Rate limits and the bounds on one user's requests in progress stay on at their defaults, counted in
+        # memory: a developer's REDIS_URL is never used.
         "REDIS_URL": None,
-        # Except the bound on one user's requests in progress, which is per worker process: tests that send many
-        # requests of one user at once from threads stand for many workers. It has tests of its own.
-        "RATELIMIT_CONCURRENT_PER_USER": 0,
         **overrides,
     }
 

@@ -31,6 +31,7 @@ from todo_api.db.connections import run_retrying_once
 from todo_api.db.tables import session_table, unexpired
 from todo_api.errors import handle_error
 from todo_api.mode import checks_every_signature, get_mode
+from todo_api.ratelimit.bounds import take_user_place
 from todo_api.ratelimit.limits import limit_user
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ def _identify_caller() -> None:
         return
     caller = authenticate(current_app._get_current_object(), current)
     limit_user(caller.user_id)  # after authentication: the per-user limit is keyed by the user
+    take_user_place(caller.user_id)  # then one of the user's places, waiting for one if need be
     g.caller = caller  # last: a refusal before this (401, 415, 429) is answered as it is
 
 

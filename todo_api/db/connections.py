@@ -54,6 +54,12 @@ def get_db() -> Connection:
     return _thread_connections().get()
 
 
+def release_db() -> None:
+    """Give the request's connection back to the pool now (a request about to wait a while holds none); the next
+    `get_db()` takes one again."""
+    _thread_connections().release()
+
+
 def _thread_connections() -> "ThreadConnections":
     return current_app.extensions[_EXTENSION].connections
 

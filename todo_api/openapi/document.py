@@ -98,13 +98,17 @@ ERRORS = {
     429: (
         "TooManyRequests",
         error(
-            "Rate limit exceeded, or too many of the user's requests in progress at once.",
+            "Rate limit exceeded (requests, or KiB of responses, per user; requests per client address), or the user's "
+            "requests in progress took none of its places within `RATELIMIT_WAIT_SECONDS`.",
             {**RETRY_AFTER, **RATE_LIMIT_HEADERS},
         ),
     ),
     503: (
         "ServiceUnavailable",
-        error("The database is unavailable, or a search took too long; retry later.", RETRY_AFTER),
+        error(
+            "The database is unavailable, a search took too long, or large pages kept the service busy; retry later.",
+            RETRY_AFTER,
+        ),
     ),
 }
 

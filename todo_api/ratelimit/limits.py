@@ -1,7 +1,7 @@
-"""Rate limits per client address and per user, as fixed-window counters in memory or in Redis.
+"""Rate limits per client address and per user, and each user's budget of response bytes, counted by `limits`.
 
-Three limits, all fixed windows (a window starts with its first request and
-lasts the limit's period; one counter increment per limit per request):
+Four limits, all fixed windows of the `limits` package (a window starts with
+its first count and lasts the limit's period):
 
 - per client address (`RATELIMIT_PER_IP`): every route except `/health` and
   CORS preflights, unknown paths included.
@@ -11,44 +11,41 @@ lasts the limit's period; one counter increment per limit per request):
 - per client address on the documentation (`RATELIMIT_DOCS`): `/docs`, its
   files and `/openapi.json` share one budget, tighter than the general one:
   the page is a 1.7 MB bundle, served to anyone.
+- per user, in KiB of `/api` response bodies (`RATELIMIT_KIB_PER_USER`): each
+  response is charged what it cost, its body's size, once it is made. A user
+  whose budget is spent is refused by this worker until the window ends.
 
-Each request is counted once, in one step for all the limits that apply to
-it: one increment under one lock in memory, one round trip (a small Lua
-script) with Redis. Outside `/api` that happens in `before_request`. On `/api`
-the address is counted together with the user, after authentication; before
-authentication, an address this process has seen use up its budget is refused
-at once, until its window ends, so a client guessing tokens gets no session
-lookup once its budget is spent. A request that never gets as far as
-`limit_user()` (a 401, a 503 during authentication, an unknown `/api` path) has
-its address counted when its response is made.
+Outside `/api` the address is counted in `before_request`. On `/api` it is
+counted together with the user, after authentication; before authentication,
+an address this process has seen use up its budget is refused at once, until
+its window ends, so a client guessing tokens gets no session lookup once its
+budget is spent. A request that never gets as far as `limit_user()` (a 401, a
+503 during authentication, an unknown `/api` path) has its address counted
+when its response is made.
 
-A third bound, `RATELIMIT_CONCURRENT_PER_USER`, counts a user's requests in
-progress in this worker process (`InFlight`): one more is refused at once
-with 429, so however slow a user's requests are, they can hold only so many of
-a worker's threads, and the rest serve everyone else.
+Counters live in Redis when `REDIS_URL` is set (`limits`' RedisStorage), so
+the limits hold across gunicorn workers and instances; otherwise in each
+worker's memory. When Redis fails (no answer within 0.25 s, a refused
+connection, an error reply), the worker counts in memory instead (per worker,
+with the same limits) and tries Redis again after 1, 2, 4 ... 32 seconds; any
+other error of the limiter is logged and the request is served. Rate limiting
+never turns a request into an error of its own.
 
-Counters live in Redis when `REDIS_URL` is set, so the limits hold across
-gunicorn workers and instances; otherwise in each worker's memory. When Redis
-fails (no answer within 0.25 s, a refused connection, an error reply), the
-worker counts in memory instead (per worker, with the same limits) and tries
-Redis again after 1, 2, 4 ... 32 seconds; any other error of the limiter is
-logged and the request is served. Rate limiting never turns a request into an
-error of its own.
-
-Limit strings are parsed once, when the app is made, by the `limits` package
+Limit strings are parsed once, when the app is made, by `limits`
 (`600 per minute`, `10/second`, `100 per minute; 2000 per hour`).
 """
 
-import hashlib
 import logging
 import math
 import threading
 import time
 from typing import NamedTuple
 
+import limits.storage
 import redis
 from flask import current_app, g, request
 from limits import parse_many
+from limits.strategies import FixedWindowRateLimiter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from werkzeug.exceptions import TooManyRequests
@@ -61,33 +58,17 @@ log = logging.getLogger(__name__)
 REDIS_TIMEOUT_SECONDS = 0.25
 # After a failure, Redis is tried again after 1, 2, 4 ... this many seconds, then every this many seconds.
 REDIS_RETRY_MAX_SECONDS = 32
-# Expired windows are dropped from memory at most this often.
+# Windows that ended are dropped from memory at most this often.
 SWEEP_SECONDS = 10
 EXEMPT_ENDPOINTS = frozenset({"health.health"})
 DOCS_BLUEPRINT = "openapi"
 # Routes under this prefix are counted per user after authentication, their address with it.
 USER_LIMITED_PREFIX = "/api/"
 HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After"]
-
-# Counts one request in each window of KEYS, ARGV holding each window's length in
-# milliseconds; answers each window's count and the milliseconds left in it.
-# A window starts with its first request (INCR makes the key, PEXPIRE ends it).
-COUNT_SCRIPT = """
-local result = {}
-for i, key in ipairs(KEYS) do
-  local count = redis.call('INCR', key)
-  local left = -1
-  if count > 1 then left = redis.call('PTTL', key) end
-  if left < 0 then
-    left = tonumber(ARGV[i])
-    redis.call('PEXPIRE', key, left)
-  end
-  result[#result + 1] = count
-  result[#result + 1] = left
-end
-return result
-"""
-COUNT_SCRIPT_SHA = hashlib.sha1(COUNT_SCRIPT.encode()).hexdigest()
+KIB = 1024
+# Responses this long or longer are charged to their user's budget of response bytes. Shorter ones cost about what
+# any request does, and the per-user limit on requests bounds them (1,800 a minute by default).
+CHARGED_FROM_BYTES = 64 * KIB
 
 
 def address_key(current_request):
@@ -99,138 +80,163 @@ class RateLimitExceeded(TooManyRequests):
     pass
 
 
-class Window:
-    """One `amount per period` of a limit; `suffix` ends its counters' keys."""
-
-    __slots__ = ("amount", "seconds", "milliseconds", "suffix")
-
-    def __init__(self, item, scope):
-        self.amount = item.amount
-        self.seconds = item.get_expiry()
-        self.milliseconds = self.seconds * 1000
-        # The keys Flask-Limiter used: counters in a shared Redis carry over.
-        self.suffix = f"/{scope}/{item.amount}/{item.multiples}/{item.GRANULARITY.name}"
-
-
 class Limit:
-    """A limit setting, parsed once: its windows (all must hold) and the detail of its 429."""
+    """A limit setting, parsed once: its `limits` items (all must hold) and the detail of its 429.
 
-    def __init__(self, setting, value, scope, whose):
+    Counters are keyed `LIMITS:LIMITER/<prefix>/<who>/<scope>/<amount>/<multiples>/<granularity>` in Redis
+    (Flask-Limiter's keys, so counters in a shared Redis carried over).
+    """
+
+    def __init__(self, setting, value, scope, whose, unit=""):
         try:
-            items = parse_many(value)
+            self.items = tuple(sorted(parse_many(value), key=lambda item: item.get_expiry()))
         except ValueError:
             raise RuntimeError(f"{setting} must be a rate limit such as '600 per minute', got {value!r}") from None
-        self.windows = tuple(sorted((Window(item, scope) for item in items), key=lambda window: window.seconds))
-        self.message = f"Rate limit exceeded: {'; '.join(str(item) for item in items)} {whose}"
+        self.scope = scope
+        shown = "; ".join(f"{item.amount}{unit} per {item.multiples} {item.GRANULARITY.name}" for item in self.items)
+        self.message = f"Rate limit exceeded: {shown} {whose}"
 
 
-class MemoryCounters:
-    """Fixed windows in this process's memory, behind one lock."""
+class MemoryWindows(limits.storage.Storage):
+    """Fixed windows in this process's memory, behind one lock, for `limits`' strategies.
+
+    limits' own MemoryStorage drops ended windows in a thread it starts again
+    every 10 ms while requests come, walking every key each time: at 1,000
+    counts a second that took 18% of a core with 20,000 other live windows
+    (client addresses seen in the last minute) and 68% with 100,000, against
+    2% here (`bench/counters.py sweep`). Here ended windows are dropped every
+    SWEEP_SECONDS, and a window that ended counts from zero when next counted.
+    """
 
     def __init__(self):
+        super().__init__()
         self.lock = threading.Lock()
-        self.windows = {}  # key -> [count, end]
+        self.windows = {}  # key -> [count, end as a Unix time]
         self.next_sweep = 0.0
+        self.clock = time.time
 
-    def count(self, keys, windows, now):
-        """Count one request in each key's window; each window's (count, end) as a Unix time."""
-        counted = []
+    @property
+    def base_exceptions(self):
+        return ValueError
+
+    def incr(self, key, expiry, amount=1):
+        now = self.clock()
         with self.lock:
             if now >= self.next_sweep:
                 self.sweep(now)
-            for key, window in zip(keys, windows, strict=True):
-                state = self.windows.get(key)
-                if state is None or state[1] <= now:
-                    state = self.windows[key] = [0, now + window.seconds]
-                state[0] += 1
-                counted.append((state[0], state[1]))
-        return counted
+            window = self.windows.get(key)
+            if window is None or window[1] <= now:
+                window = self.windows[key] = [0, now + expiry]
+            window[0] += amount
+            return window[0]
+
+    def get(self, key):
+        window = self.windows.get(key)
+        return window[0] if window is not None and window[1] > self.clock() else 0
+
+    def get_expiry(self, key):
+        window = self.windows.get(key)
+        return window[1] if window is not None else self.clock()
 
     def sweep(self, now):
-        self.windows = {key: state for key, state in self.windows.items() if state[1] > now}
+        self.windows = {key: window for key, window in self.windows.items() if window[1] > now}
         self.next_sweep = now + SWEEP_SECONDS
 
+    def check(self):
+        return True
 
-class RedisCounters:
-    """Fixed windows in Redis: one round trip per request, however many limits it counts.
+    def reset(self):
+        with self.lock:
+            count, self.windows = len(self.windows), {}
+        return count
 
-    Connections are taken from a list of idle ones (one per request counting
-    at this moment, so at most one per thread) and created when it is empty;
-    a connection that failed is closed and reconnects on its next use. redis-py
-    only makes them: its pool's checks cost more than the count itself.
-    """
-
-    def __init__(self, url):
-        self.pool = redis.ConnectionPool.from_url(
-            url,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_timeout=REDIS_TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),  # a failure goes to memory at once, never retried with backoff
-        )
-        self.idle = []
-
-    def count(self, keys, windows, now):
-        try:
-            connection = self.idle.pop()
-        except IndexError:
-            connection = self.pool.make_connection()
-        try:
-            reply = self.run(connection, keys, [window.milliseconds for window in windows])
-        except BaseException:
-            connection.disconnect()
-            raise
-        finally:
-            self.idle.append(connection)
-        return [(reply[i], now + reply[i + 1] / 1000) for i in range(0, len(reply), 2)]
-
-    @staticmethod
-    def run(connection, keys, milliseconds):
-        connection.send_command("EVALSHA", COUNT_SCRIPT_SHA, len(keys), *keys, *milliseconds)
-        try:
-            return connection.read_response()
-        except redis.exceptions.NoScriptError:  # the first use on this server (or after SCRIPT FLUSH)
-            connection.send_command("EVAL", COUNT_SCRIPT, len(keys), *keys, *milliseconds)
-            return connection.read_response()
+    def clear(self, key):
+        with self.lock:
+            self.windows.pop(key, None)
 
 
 class Counters:
-    """Redis when configured and answering, else this process's memory."""
+    """limits' fixed windows, in Redis when configured and answering, else in this process's memory."""
 
     def __init__(self, redis_url):
-        self.memory = MemoryCounters()
-        self.redis = RedisCounters(redis_url) if redis_url else None
+        self.memory = FixedWindowRateLimiter(MemoryWindows())
+        self.redis = None
+        if redis_url:
+            storage = limits.storage.RedisStorage(
+                redis_url,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                retry=Retry(NoBackoff(), 0),  # a failure goes to memory at once, never retried with backoff
+            )
+            self.redis = FixedWindowRateLimiter(storage)
         self.redis_down = False
         self.retry_at = 0.0
         self.retry_delay = 1
+        self.lock = threading.Lock()
+        self.clock = time.monotonic
 
-    def count(self, keys, windows, now):
-        if self.redis is None or (self.redis_down and not self.retry_due(now)):
-            return self.memory.count(keys, windows, now)
+    def hit(self, item, key, cost=1):
+        """Count `cost` in `item`'s window of `key`; True while the window holds."""
+        if self.redis is None:
+            return self.memory.hit(item, key, cost=cost)
+        return self.run(FixedWindowRateLimiter.hit, item, key, cost=cost)
+
+    def stats(self, item, key):
+        """`item`'s window of `key`: (reset as a Unix time, remaining)."""
+        if self.redis is None:
+            return self.memory.get_window_stats(item, key)
+        return self.run(FixedWindowRateLimiter.get_window_stats, item, key)
+
+    def run(self, operation, *args, **kwargs):
+        """`operation` on Redis's limiter, or on memory's while Redis is down or when it fails."""
+        if self.redis_down and not self.retry_due():
+            return operation(self.memory, *args, **kwargs)
         try:
-            counted = self.redis.count(keys, windows, now)
+            result = operation(self.redis, *args, **kwargs)
         except (redis.RedisError, OSError) as error:
-            self.failed(error, now)
-            return self.memory.count(keys, windows, now)
+            self.failed(error)
+            return operation(self.memory, *args, **kwargs)
         if self.redis_down:
             self.redis_down = False
             self.retry_delay = 1
             log.info("rate limit counters: Redis answers again; counting there")
-        return counted
+        return result
 
-    def retry_due(self, now):
+    def retry_due(self):
         """True for the one request that tries Redis again once the delay is over (the others keep to memory)."""
-        if now < self.retry_at:
-            return False
+        now = self.clock()
+        with self.lock:
+            if now < self.retry_at:
+                return False
+            self.postpone(now)
+            return True
+
+    def failed(self, error):
+        with self.lock:
+            if self.redis_down:
+                return
+            self.redis_down = True
+            self.postpone(self.clock())
+        log.warning("rate limit counters: Redis failed (%s); counting in memory", type(error).__name__)
+
+    def postpone(self, now):
         self.retry_at = now + self.retry_delay
         self.retry_delay = min(self.retry_delay * 2, REDIS_RETRY_MAX_SECONDS)
-        return True
 
-    def failed(self, error, now):
-        if not self.redis_down:
-            self.redis_down = True
-            self.retry_at = now + self.retry_delay
-            self.retry_delay = min(self.retry_delay * 2, REDIS_RETRY_MAX_SECONDS)
-            log.warning("rate limit counters: Redis failed (%s); counting in memory", type(error).__name__)
+
+class Standing(NamedTuple):
+    """Where a request leaves one window: what the X-RateLimit-* headers say."""
+
+    amount: int
+    remaining: int
+    reset: float  # Unix time when the window ends
+    exceeded: bool
+
+    def tighter_than(self, other):
+        """Of a limit's windows, the headers show an exceeded one (the last to end), else the fewest remaining."""
+        if self.exceeded:
+            return not other.exceeded or self.reset > other.reset
+        return not other.exceeded and self.remaining < other.remaining
 
 
 class RateLimits:
@@ -240,10 +246,14 @@ class RateLimits:
         self.per_ip = Limit("RATELIMIT_PER_IP", config["RATELIMIT_PER_IP"], "ip", "per client address")
         self.per_user = Limit("RATELIMIT_PER_USER", config["RATELIMIT_PER_USER"], "user", "per user")
         self.docs = Limit("RATELIMIT_DOCS", config["RATELIMIT_DOCS"], "docs", "per client address on the documentation")
-        self.key_prefix = f"LIMITS:LIMITER/{config['RATELIMIT_KEY_PREFIX']}/"
+        self.response_kib = Limit(
+            "RATELIMIT_KIB_PER_USER", config["RATELIMIT_KIB_PER_USER"], "kib", "per user", unit=" KiB of responses"
+        )
+        self.key_prefix = config["RATELIMIT_KEY_PREFIX"]
         self.headers_enabled = config["RATELIMIT_HEADERS_ENABLED"]
         self.counters = Counters(config["REDIS_URL"])
         self.blocked = {}  # address key -> its exceeded Standing: refused before authentication until its reset
+        self.spent = {}  # user id -> the Standing of their spent response budget, refused until its reset
 
     def count(self, counted):
         """Count this request against each (key, limit) in `counted`; the first limit it exceeds, or None.
@@ -251,30 +261,33 @@ class RateLimits:
         Sets `g.rate_limit` to what the headers show: the limit exceeded, or else the last of `counted`.
         """
         request_globals = g._get_current_object()
-        keys = []
-        windows = []
-        for key, limit in counted:
-            for window in limit.windows:
-                keys.append(self.key_prefix + key + window.suffix)
-                windows.append(window)
-        now = time.time()
+        last = len(counted) - 1
         try:
-            results = iter(self.counters.count(keys, windows, now))
+            for index, (key, limit) in enumerate(counted):
+                held = [self.counters.hit(item, self.key(key, limit)) for item in limit.items]
+                if all(held) and (index < last or not self.headers_enabled):
+                    continue
+                request_globals.rate_limit = shown = self.standing(key, limit, held)
+                if shown.exceeded:
+                    if limit is self.per_ip:
+                        self.blocked[key] = shown
+                    return limit
         except Exception as error:  # noqa: BLE001 - a limiter failure must not fail the request
             log.error("rate limit not counted: %s", type(error).__name__)
-            return None
-        for key, limit in counted:
-            shown = None
-            for window in limit.windows:
-                standing = Standing.of(window, *next(results))
-                if shown is None or standing.tighter_than(shown):
-                    shown = standing
-            request_globals.rate_limit = shown
-            if shown.exceeded:
-                if limit is self.per_ip:
-                    self.blocked[key] = shown
-                return limit
         return None
+
+    def key(self, key, limit):
+        return f"{self.key_prefix}/{key}/{limit.scope}"
+
+    def standing(self, key, limit, held):
+        """What the headers show of `limit` for `key`, `held` telling which of its windows held."""
+        shown = None
+        for item, holds in zip(limit.items, held, strict=True):
+            reset, remaining = self.counters.stats(item, self.key(key, limit))
+            standing = Standing(item.amount, remaining, reset, not holds)
+            if shown is None or standing.tighter_than(shown):
+                shown = standing
+        return shown
 
     def refuse_if_blocked(self, address):
         """429 for an address that used up its budget in this process, without counting (before authentication)."""
@@ -286,24 +299,28 @@ class RateLimits:
             raise exceeded(self.per_ip)
         self.blocked.pop(address, None)
 
+    def refuse_if_spent(self, user_id):
+        """429 for a user whose response budget this process saw spent, until its window ends."""
+        shown = self.spent.get(user_id)
+        if shown is None:
+            return
+        if shown.reset > time.time():
+            g.rate_limit = shown
+            raise exceeded(self.response_kib)
+        self.spent.pop(user_id, None)
 
-class Standing(NamedTuple):
-    """Where a request leaves one window: what the X-RateLimit-* headers say."""
-
-    amount: int
-    remaining: int
-    reset: float  # Unix time when the window ends
-    exceeded: bool
-
-    @classmethod
-    def of(cls, window, count, end):
-        return cls(window.amount, max(0, window.amount - count), end, count > window.amount)
-
-    def tighter_than(self, other):
-        """Of a limit's windows, the headers show an exceeded one (the last to end), else the fewest remaining."""
-        if self.exceeded:
-            return not other.exceeded or self.reset > other.reset
-        return not other.exceeded and self.remaining < other.remaining
+    def charge(self, user_id, body_bytes):
+        """Charge a response of `body_bytes` to its user's budget, in KiB, if it is CHARGED_FROM_BYTES or more."""
+        if body_bytes < CHARGED_FROM_BYTES:
+            return
+        kib = body_bytes // KIB
+        key, budget = f"user:{user_id}", self.response_kib
+        try:
+            held = [self.counters.hit(item, self.key(key, budget), cost=kib) for item in budget.items]
+            if not all(held):
+                self.spent[user_id] = self.standing(key, budget, held)
+        except Exception as error:  # noqa: BLE001 - a limiter failure must not fail the request
+            log.error("response budget not charged: %s", type(error).__name__)
 
 
 def exceeded(limit):
@@ -311,17 +328,11 @@ def exceeded(limit):
 
 
 RATE_LIMITS = "todo_api.rate_limits"
-IN_FLIGHT = "todo_api.in_flight"
 
 
 def get_rate_limits(app=None):
     """The app's rate-limit counters (None when rate limits are off)."""
     return (app or current_app).extensions[RATE_LIMITS]
-
-
-def get_in_flight(app=None):
-    """The app's bound on one user's requests in progress (None when it is off)."""
-    return (app or current_app).extensions[IN_FLIGHT]
 
 
 # The hooks below run on every request: each looks the request's context up once (`_get_current_object`), where
@@ -350,33 +361,31 @@ def count_request():
 
 
 def limit_user(user_id):
-    """Count this request against the caller's per-user limit (and its address's); 429 when one is used up.
+    """Count this request against the caller's per-user limit (and its address's); 429 when one is used up, or
+    when the caller's response budget is.
 
-    Call it after authentication, with the caller's user id. The
-    request stays counted among the user's requests in progress until its
-    teardown, whatever happens to it.
+    Call it after authentication, with the caller's user id.
     """
+    limits = current_app.extensions[RATE_LIMITS]
+    if limits is None:
+        return
     request_globals = g._get_current_object()
-    extensions = current_app.extensions
-    limits = extensions[RATE_LIMITS]
-    if limits is not None:
-        address = request_globals.pop("rate_limit_address", None)
-        # (keyed by address if a request ever got here without a user)
-        counted = [(f"user:{user_id}" if user_id else address_key(request), limits.per_user)]
-        if address is not None:
-            counted.insert(0, (address, limits.per_ip))
-        breached = limits.count(counted)
-        if breached is not None:
-            raise exceeded(breached)
-    in_flight = extensions[IN_FLIGHT]
-    if in_flight is not None and user_id:
-        if not in_flight.enter(user_id):
-            raise TooManyInFlight(in_flight.limit)
-        request_globals.in_flight_user = user_id
+    address = request_globals.pop("rate_limit_address", None)
+    # (keyed by address if a request ever got here without a user)
+    counted = [(f"user:{user_id}" if user_id else address_key(request), limits.per_user)]
+    if address is not None:
+        counted.insert(0, (address, limits.per_ip))
+    breached = limits.count(counted)
+    if breached is not None:
+        raise exceeded(breached)
+    if user_id:
+        limits.refuse_if_spent(user_id)
+        request_globals.charged_user = user_id
 
 
 def rate_limit_headers(response):
-    """Count an address left uncounted (no `limit_user()`); X-RateLimit-* of the limit that applied.
+    """Count an address left uncounted (no `limit_user()`); charge the response to its user's budget; X-RateLimit-*
+    of the limit that applied.
 
     The limit shown is the per-user one on /api routes once the caller is
     known, the per-address one otherwise, and the one exceeded on a 429.
@@ -386,6 +395,9 @@ def rate_limit_headers(response):
     address = request_globals.pop("rate_limit_address", None)
     if address is not None:
         limits.count([(address, limits.per_ip)])  # too late to refuse: the next request is, before authentication
+    user_id = request_globals.pop("charged_user", None)
+    if user_id is not None:
+        limits.charge(user_id, response.content_length or 0)
     shown = request_globals.get("rate_limit")
     if shown is not None and limits.headers_enabled:
         headers = response.headers  # only this function writes them: added, not set (no search for a duplicate)
@@ -395,41 +407,6 @@ def rate_limit_headers(response):
     return response
 
 
-class InFlight:
-    """How many requests each user has in progress in this process, up to `limit` each."""
-
-    def __init__(self, limit):
-        self.limit = limit
-        self.lock = threading.Lock()
-        self.counts = {}
-
-    def enter(self, user_id):
-        """Count one more request of `user_id`; False, counting nothing, when it already has `limit`."""
-        with self.lock:
-            count = self.counts.get(user_id, 0)
-            if count >= self.limit:
-                return False
-            self.counts[user_id] = count + 1
-            return True
-
-    def leave(self, user_id):
-        with self.lock:
-            count = self.counts.pop(user_id) - 1
-            if count:
-                self.counts[user_id] = count
-
-
-class TooManyInFlight(TooManyRequests):
-    def __init__(self, limit):
-        super().__init__(f"Too many requests in progress: at most {limit} at once per user", retry_after=1)
-
-
-def leave_in_flight(_exc=None):
-    user_id = g.pop("in_flight_user", None)
-    if user_id is not None:
-        get_in_flight().leave(user_id)
-
-
 def init_app(app):
     config = app.config
     if config["TRUSTED_PROXY_HOPS"]:
@@ -437,12 +414,8 @@ def init_app(app):
         # anything before them came from the client and is not trusted.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config["TRUSTED_PROXY_HOPS"], x_proto=0, x_host=0, x_port=0)
     app.extensions[RATE_LIMITS] = None
-    app.extensions[IN_FLIGHT] = None
     if not config["RATELIMIT_ENABLED"]:
         return
-    if config["RATELIMIT_CONCURRENT_PER_USER"]:
-        app.extensions[IN_FLIGHT] = InFlight(config["RATELIMIT_CONCURRENT_PER_USER"])
-        app.teardown_request(leave_in_flight)
     app.extensions[RATE_LIMITS] = RateLimits(config)
     app.before_request(count_request)
     app.after_request(rate_limit_headers)

@@ -54,6 +54,8 @@ from todo_api.timezones import local_to_utc, utcnow
 log = logging.getLogger(__name__)
 
 EMPTY_PAGE = b'{"data":[]}'
+# A task's JSON without its texts is longer than this (its keys alone take about 250 bytes).
+MIN_TASK_JSON_BYTES = 200
 SEARCH_RETRY_AFTER_SECONDS = 5
 
 CEILING = 1000  # rows per response when the client sets no limit
@@ -331,7 +333,7 @@ def page_body(rows, query: ListQuery, cursors, output, max_bytes):
     holds at least one task when there is one. Either way `next_cursor` goes on
     from its last task. `output` turns a row into the task as shown.
     """
-    page = rows[: page_size(query)]
+    page = rows_that_may_fit(rows[: page_size(query)], max_bytes)
     body = {"data": [output(row) for row in page]}
     if len(page) < len(rows):
         body["next_cursor"] = cursors.dump(query.sort_by, query.descending, page[-1])
@@ -341,6 +343,22 @@ def page_body(rows, query: ListQuery, cursors, output, max_bytes):
     return _cut_page(
         [orjson.dumps(task, option=JSON_OPTIONS) for task in body["data"]], page, query, cursors, max_bytes
     )
+
+
+def rows_that_may_fit(page, max_bytes):
+    """The first rows of `page` that may fit in a body of `max_bytes`, and the first one that cannot (if any).
+
+    Each row's JSON is at least MIN_TASK_JSON_BYTES and its texts (a UTF-8 byte
+    per character at least): rows past the one where that lower bound runs over
+    cannot be shown, and are never serialized. A page of 1,000 tasks of 10 KB
+    costs the 1 MiB it shows, not the 10 MB it fetched.
+    """
+    size = len(EMPTY_PAGE)
+    for count, row in enumerate(page, 1):
+        size += MIN_TASK_JSON_BYTES + len(row.title) + len(row.description or "") + sum(map(len, row.tags or ()))
+        if size > max_bytes:
+            return page[:count]
+    return page
 
 
 def _cut_page(tasks, page, query: ListQuery, cursors, max_bytes):

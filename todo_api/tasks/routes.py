@@ -18,6 +18,7 @@ from todo_api.db.connections import run_retrying_once
 from todo_api.http.body import has_body, json_body
 from todo_api.http.json import OPTIONS as JSON_OPTIONS
 from todo_api.openapi.operations import operation, request_body, response
+from todo_api.ratelimit import bounds
 from todo_api.tasks import batch, changes, idempotency, listing, store
 from todo_api.tasks.conditional import etag, etag_of, if_match_versions, not_modified
 from todo_api.tasks.schemas import (
@@ -73,10 +74,12 @@ def list_page(query: ListQuery):
     app, caller = current_app._get_current_object(), g.caller
     config, cursors = app.config, listing.get_cursors(app)
     timeout = config["SEARCH_STATEMENT_TIMEOUT_MS"]
-    rows = run_retrying_once(lambda db: listing.find_tasks(db, caller, query, cursors, timeout), writes=False)
-    if not rows:
-        confirm_session(caller)
-    body = listing.page_body(rows, query, cursors, task_output, config["RESPONSE_MAX_BYTES"])
+    with bounds.page_work(caller.user_id) as work:  # a large page waits for the worker's heavy slot
+        rows = run_retrying_once(lambda db: listing.find_tasks(db, caller, query, cursors, timeout), writes=False)
+        if not rows:
+            confirm_session(caller)
+        work.fetched(rows)
+        body = listing.page_body(rows, query, cursors, task_output, config["RESPONSE_MAX_BYTES"])
     return Response(body, mimetype="application/json")
 
 

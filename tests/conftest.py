@@ -37,6 +37,7 @@ pytest.register_assert_rewrite("support", "drills.harness")
 from support import ADMIN_URL, base_config, throwaway_database, truncate_postgres  # noqa: E402
 from support.pgbouncer import Pooler  # noqa: E402
 from support.pgbouncer import missing_requirement as pooler_missing  # noqa: E402
+from support.push_service import MisbehavingService  # noqa: E402
 
 POOLER_MISSING = pooler_missing()
 BACKENDS = ["postgres", "sqlite"] if POOLER_MISSING else ["postgres", "sqlite", "pgbouncer"]
@@ -239,3 +240,18 @@ def concurrently(app):
             return list(pool.map(run, range(threads)))
 
     return run_all
+
+
+@pytest.fixture
+def misbehaving():
+    """Push services that misbehave on loopback (support/push_service.py): `misbehaving(behaviour, interval)` starts
+    one; all are stopped after the test."""
+    services = []
+
+    def start(behaviour, interval=5.0):
+        services.append(MisbehavingService(behaviour, interval))
+        return services[-1]
+
+    yield start
+    for service in services:
+        service.stop()

@@ -190,6 +190,8 @@ def test_better_auth_made_its_own_tables_beside_ours(todo, database_url):
             "push_subscription",
             "session",
             "task",
+            "task_change",
+            "task_change_counter",
             "user",
             "user_settings",
             "verification",

@@ -149,7 +149,7 @@ def test_errors_are_documented_where_they_can_happen(document):
 def test_error_bodies_share_one_schema(document):
     error = document["components"]["schemas"]["Error"]
     assert error["required"] == ["detail"]
-    assert set(error["properties"]) == {"detail", "errors"}
+    assert set(error["properties"]) == {"detail", "errors", "operation"}
     for name, response in document["components"]["responses"].items():
         assert response["content"] == {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}, name
     limited = document["components"]["responses"]["TooManyRequests"]["headers"]

@@ -13,7 +13,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from support.push_service import MisbehavingService, PushService, refuse_lookups_beyond_loopback
+from support.push_service import PushService, refuse_lookups_beyond_loopback
 from support.tls import self_signed
 from todo_api.reminders import outbound
 from todo_api.reminders.outbound import (
@@ -309,19 +309,6 @@ def test_https_to_a_server_whose_certificate_names_another_host_is_not_sent(tmp_
 
 
 # -- The deadline, and what is read of the answer ---------------------------------------------
-
-
-@pytest.fixture
-def misbehaving():
-    services = []
-
-    def start(behaviour, interval=5.0):
-        services.append(MisbehavingService(behaviour, interval))
-        return services[-1]
-
-    yield start
-    for service in services:
-        service.stop()
 
 
 def loopback_post(url, seconds):

@@ -89,7 +89,7 @@ def test_an_older_schema_that_lacks_columns_names_them(fresh):
         503,
         {
             "detail": "The database lacks column task.due_all_day, column task.due_local, column task.remind_local, "
-            f"column task.recurs_from: {UPGRADE}."
+            f"column task.recurs_from, table task_change, table task_change_counter: {UPGRADE}."
         },
     )
 

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql
 
 from support import base_config, free_port, user_id_of
 from support.private_postgres import running_cluster
-from support.push_service import MisbehavingService, PushService, b64url_decode, refuse_lookups_beyond_loopback
+from support.push_service import PushService, b64url_decode, refuse_lookups_beyond_loopback
 from todo_api import create_app
 from todo_api.cli import create_user_session
 from todo_api.db.connections import get_engine
@@ -532,19 +532,6 @@ def test_keys_a_message_cannot_be_encrypted_for_are_that_pushs_outcome(client, a
     assert [message.name for message in push_service.messages] == ["victim"]
     assert send_due(app, at(hours=1)) == Counter()
     assert push_service.requests == 1
-
-
-@pytest.fixture
-def misbehaving():
-    services = []
-
-    def start(behaviour, interval=5.0):
-        services.append(MisbehavingService(behaviour, interval))
-        return services[-1]
-
-    yield start
-    for service in services:
-        service.stop()
 
 
 def subscribe_at(client, headers, push_service, endpoint):

@@ -141,7 +141,7 @@ def test_downgrade_drops_the_index_and_the_function_and_upgrade_makes_them_again
 def test_a_session_table_made_by_better_auth_before_the_migrations_is_indexed(fresh_app):
     with get_engine(fresh_app).begin() as connection:
         connection.execute(text(BETTER_AUTH_SESSION_TABLE))
-    assert cli(fresh_app, "db", "upgrade") == "Database at revision 0009.\n"
+    assert cli(fresh_app, "db", "upgrade") == "Database at revision 0010.\n"
     assert index_definitions(get_engine(fresh_app)) == [INDEX_DEFINITION]
     response = fresh_app.test_client().get(
         "/api/tasks", headers={"Authorization": "Bearer T0kenMadeBeforeTheIndex0000000000"}
@@ -151,11 +151,11 @@ def test_a_session_table_made_by_better_auth_before_the_migrations_is_indexed(fr
 
 def test_a_session_table_made_after_the_migrations_is_indexed_by_the_next_upgrade(fresh_app):
     """Better Auth's own migrations may run after ours: the next `db upgrade` adds the index."""
-    assert cli(fresh_app, "db", "upgrade") == "Database at revision 0009.\n"
+    assert cli(fresh_app, "db", "upgrade") == "Database at revision 0010.\n"
     with get_engine(fresh_app).begin() as connection:
         connection.execute(text(BETTER_AUTH_SESSION_TABLE))
     assert index_definitions(get_engine(fresh_app)) == []
-    assert cli(fresh_app, "db", "upgrade") == "Database at revision 0009.\n"
+    assert cli(fresh_app, "db", "upgrade") == "Database at revision 0010.\n"
     assert index_definitions(get_engine(fresh_app)) == [INDEX_DEFINITION]
 
 
@@ -164,7 +164,7 @@ def test_init_db_with_auth_tables_indexes_them_on_an_empty_database_and_after_a_
     assert index_definitions(get_engine(fresh_app)) == []  # no session table yet
     assert cli(fresh_app, "init-db", "--auth-tables") == "Initialized the database (postgresql).\n"
     assert index_definitions(get_engine(fresh_app)) == [INDEX_DEFINITION]
-    assert current_revision(get_engine(fresh_app)) == "0009"
+    assert current_revision(get_engine(fresh_app)) == "0010"
 
 
 def test_a_custom_session_table_is_indexed_under_its_own_names(empty_postgres_url):

@@ -28,7 +28,7 @@ import pytest
 
 from drills.harness import GRACEFUL_TIMEOUT
 from support import REPO, base_config, user_id_of
-from support.push_service import MisbehavingService, PushService
+from support.push_service import PushService
 from todo_api import create_app
 from todo_api.db.connections import get_engine
 from todo_api.reminders.push import generate_vapid_keys
@@ -86,19 +86,6 @@ def push_service():
     service = PushService(VAPID_PUBLIC_KEY).start()
     yield service
     service.stop()
-
-
-@pytest.fixture
-def misbehaving():
-    services = []
-
-    def start(behaviour, interval=5.0):
-        services.append(MisbehavingService(behaviour, interval))
-        return services[-1]
-
-    yield start
-    for service in services:
-        service.stop()
 
 
 def worker_environment(cluster, **extra):

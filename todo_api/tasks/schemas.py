@@ -518,6 +518,9 @@ class ErrorSchema(Schema):
 
     detail = fields.String(required=True)
     errors = fields.Dict(keys=fields.String(), values=fields.Raw(metadata=VALIDATION_MESSAGES))
+    operation = fields.Integer(
+        metadata={"description": "`POST /api/tasks/batch`: the index of the operation that failed."}
+    )
 
 
 class TaskEnvelopeSchema(Schema):

@@ -1,8 +1,11 @@
 """`POST /api/tasks/batch`: many writes in one transaction, all or nothing, each answered as its single route."""
 
 import pytest
+from sqlalchemy import func, select
 
 from support import delete_session
+from todo_api.db.connections import get_engine
+from todo_api.db.tables import task
 
 NOT_FOUND = "Task not found"
 STALE = "The task has changed since it was read (If-Match does not match its ETag); fetch it again"
@@ -192,3 +195,18 @@ def test_a_body_that_is_not_a_batch_is_422(client, auth):
 
 def test_without_a_session_it_is_401(client):
     assert client.post("/api/tasks/batch", json={"operations": [create("x")]}).status_code == 401
+
+
+def test_a_batch_counts_against_the_per_user_limit_as_one_request_per_operation(make_app, new_session):
+    app = make_app(RATELIMIT_PER_USER="10 per minute")
+    client, headers = app.test_client(), {"Authorization": f"Bearer {new_session('limited@example.com')}"}
+    assert batch(client, headers, *(create(f"task {n}") for n in range(10))).status_code == 200
+    refused = client.get("/api/tasks", headers=headers)
+    assert (refused.status_code, refused.get_json()) == (
+        429,
+        {"detail": "Rate limit exceeded: 10 per 1 minute per user"},
+    )
+    too_many = batch(client, headers, create("one more"))
+    assert too_many.status_code == 429
+    with get_engine(app).connect() as connection:
+        assert connection.execute(select(func.count()).select_from(task)).scalar() == 10

@@ -255,8 +255,9 @@ class RateLimits:
         self.blocked = {}  # address key -> its exceeded Standing: refused before authentication until its reset
         self.spent = {}  # user id -> the Standing of their spent response budget, refused until its reset
 
-    def count(self, counted):
-        """Count this request against each (key, limit) in `counted`; the first limit it exceeds, or None.
+    def count(self, counted, cost=1):
+        """Count this request (as `cost` requests) against each (key, limit) in `counted`; the first limit it
+        exceeds, or None.
 
         Sets `g.rate_limit` to what the headers show: the limit exceeded, or else the last of `counted`.
         """
@@ -264,7 +265,7 @@ class RateLimits:
         last = len(counted) - 1
         try:
             for index, (key, limit) in enumerate(counted):
-                held = [self.counters.hit(item, self.key(key, limit)) for item in limit.items]
+                held = [self.counters.hit(item, self.key(key, limit), cost=cost) for item in limit.items]
                 if all(held) and (index < last or not self.headers_enabled):
                     continue
                 request_globals.rate_limit = shown = self.standing(key, limit, held)
@@ -356,6 +357,17 @@ def count_request():
     else:
         counted = [(address, limits.per_ip)]
     breached = limits.count(counted)
+    if breached is not None:
+        raise exceeded(breached)
+
+
+def count_more_requests(user_id, more):
+    """Count `more` requests of the caller's beside this one against their per-user limit (a batch counts as one
+    request per operation); 429 when it is used up."""
+    limits = current_app.extensions[RATE_LIMITS]
+    if limits is None or more <= 0:
+        return
+    breached = limits.count([(f"user:{user_id}", limits.per_user)], cost=more)
     if breached is not None:
         raise exceeded(breached)
 

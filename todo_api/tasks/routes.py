@@ -19,6 +19,7 @@ from todo_api.http.body import has_body, json_body
 from todo_api.http.json import OPTIONS as JSON_OPTIONS
 from todo_api.openapi.operations import operation, request_body, response
 from todo_api.ratelimit import bounds
+from todo_api.ratelimit.limits import count_more_requests
 from todo_api.tasks import batch, changes, idempotency, listing, store
 from todo_api.tasks.conditional import etag, etag_of, if_match_versions, not_modified
 from todo_api.tasks.schemas import (
@@ -275,6 +276,7 @@ def task_changes():
 )
 def batch_tasks():
     operations, key, caller = batch.load_operations(request.get_json()), idempotency.request_key(), g.caller
+    count_more_requests(caller.user_id, len(operations) - 1)  # one request per operation
     if key is None:
         return Response(run_retrying_once(lambda db: batch_body(db, caller, operations), writes=True), **JSON)
     done = run_retrying_once(lambda db: batch_once(db, caller, key, operations), writes=True)
